@@ -1,0 +1,1 @@
+"""Attention kernels: Triton kernels beside their launchers, torch references in reference.py."""

@@ -1,0 +1,1 @@
+"""LLM serving application on Ray Serve: ingress, micro-batcher, model replicas."""

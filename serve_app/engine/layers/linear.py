@@ -1,0 +1,152 @@
+"""Megatron-style tensor-parallel linear layers; each parameter carries its weight loader.
+
+Column-parallel layers split output features across ranks (no communication); row-parallel
+layers split input features and all-reduce their output once. With one rank they are
+plain linear layers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from serve_app.engine.parallel import ParallelContext
+
+
+def _attach_loader(param: nn.Parameter, loader) -> nn.Parameter:
+    param.weight_loader = loader  # type: ignore[attr-defined]
+    return param
+
+
+class ColumnParallelLinear(nn.Module):
+    """y = x W^T + b with W's rows (output features) split across ranks."""
+
+    def __init__(
+        self, input_size: int, output_size: int, bias: bool, ctx: ParallelContext, what: str
+    ) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.output_size_per_rank = ctx.shard(output_size, what)
+        self.weight = _attach_loader(
+            nn.Parameter(torch.empty(self.output_size_per_rank, input_size), requires_grad=False),
+            self.load_rows,
+        )
+        self.bias = (
+            _attach_loader(
+                nn.Parameter(torch.empty(self.output_size_per_rank), requires_grad=False),
+                self.load_rows,
+            )
+            if bias
+            else None
+        )
+
+    def load_rows(self, param: nn.Parameter, full: torch.Tensor) -> None:
+        rows = param.shape[0]
+        param.data.copy_(full.narrow(0, self.ctx.rank * rows, rows))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class MergedColumnParallelLinear(ColumnParallelLinear):
+    """Several column-parallel projections of the same input in one matmul (gate + up).
+    Each rank holds its slice of every part, parts side by side."""
+
+    def __init__(
+        self,
+        input_size: int,
+        output_sizes: list[int],
+        bias: bool,
+        ctx: ParallelContext,
+        what: str,
+    ) -> None:
+        self.part_sizes = [ctx.shard(size, what) for size in output_sizes]
+        super().__init__(input_size, sum(output_sizes), bias, ctx, what)
+        self.weight.weight_loader = self.load_part
+        if self.bias is not None:
+            self.bias.weight_loader = self.load_part
+
+    def load_part(self, param: nn.Parameter, full: torch.Tensor, part: int) -> None:
+        size = self.part_sizes[part]
+        offset = sum(self.part_sizes[:part])
+        param.data.narrow(0, offset, size).copy_(full.narrow(0, self.ctx.rank * size, size))
+
+
+class QKVParallelLinear(ColumnParallelLinear):
+    """Fused Q, K, V projections. Query heads split across ranks; KV heads split too, or
+    replicated when there are fewer KV heads than ranks (each rank keeps the one KV head its
+    query heads use)."""
+
+    def __init__(
+        self,
+        hidden_size: int,
+        head_dim: int,
+        num_heads: int,
+        num_kv_heads: int,
+        bias: bool,
+        ctx: ParallelContext,
+    ) -> None:
+        self.head_dim = head_dim
+        self.num_heads_per_rank = ctx.shard(num_heads, "num_attention_heads")
+        if num_kv_heads >= ctx.world_size:
+            self.num_kv_heads_per_rank = ctx.shard(num_kv_heads, "num_key_value_heads")
+            self.kv_head_start = ctx.rank * self.num_kv_heads_per_rank
+        else:
+            if ctx.world_size % num_kv_heads:
+                raise ValueError(
+                    f"tensor_parallel_size ({ctx.world_size}) must be a multiple of "
+                    f"num_key_value_heads ({num_kv_heads}) to replicate KV heads"
+                )
+            self.num_kv_heads_per_rank = 1
+            self.kv_head_start = ctx.rank * num_kv_heads // ctx.world_size
+        self.q_size = self.num_heads_per_rank * head_dim
+        self.kv_size = self.num_kv_heads_per_rank * head_dim
+        per_rank = self.q_size + 2 * self.kv_size
+        super().__init__(hidden_size, per_rank * ctx.world_size, bias, ctx, "qkv output size")
+        self.weight.weight_loader = self.load_qkv
+        if self.bias is not None:
+            self.bias.weight_loader = self.load_qkv
+
+    def load_qkv(self, param: nn.Parameter, full: torch.Tensor, part: str) -> None:
+        if part == "q":
+            offset, size, start = 0, self.q_size, self.ctx.rank * self.q_size
+        else:
+            offset = self.q_size if part == "k" else self.q_size + self.kv_size
+            size, start = self.kv_size, self.kv_head_start * self.head_dim
+        param.data.narrow(0, offset, size).copy_(full.narrow(0, start, size))
+
+
+class RowParallelLinear(nn.Module):
+    """y = x W^T + b with W's columns (input features) split across ranks; one all-reduce."""
+
+    def __init__(
+        self, input_size: int, output_size: int, bias: bool, ctx: ParallelContext, what: str
+    ) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.input_size_per_rank = ctx.shard(input_size, what)
+        self.weight = _attach_loader(
+            nn.Parameter(torch.empty(output_size, self.input_size_per_rank), requires_grad=False),
+            self.load_columns,
+        )
+        # The bias is added once, after the reduction.
+        self.bias = (
+            _attach_loader(
+                nn.Parameter(torch.empty(output_size), requires_grad=False), self.load_whole
+            )
+            if bias
+            else None
+        )
+
+    def load_columns(self, param: nn.Parameter, full: torch.Tensor) -> None:
+        columns = param.shape[1]
+        param.data.copy_(full.narrow(1, self.ctx.rank * columns, columns))
+
+    @staticmethod
+    def load_whole(param: nn.Parameter, full: torch.Tensor) -> None:
+        param.data.copy_(full)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.ctx.all_reduce(F.linear(x, self.weight))
+        return out + self.bias if self.bias is not None else out

@@ -1,0 +1,1 @@
+"""Model definitions (readable single-device models built from parallel layers)."""
