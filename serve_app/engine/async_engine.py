@@ -9,6 +9,7 @@ its KV blocks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -32,15 +33,15 @@ class _Stream:
     outputs: asyncio.Queue
 
     def push(self, item: RequestOutput | BaseException) -> None:
-        try:
+        # A closed caller loop raises RuntimeError: nobody is listening any more.
+        with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self.outputs.put_nowait, item)
-        except RuntimeError:
-            pass  # the caller's loop is closed: nobody is listening any more
 
 
 class AsyncEngine:
-    def __init__(self, config: EngineConfig, stall_timeout_s: float = 60.0,
-                 engine: LLMEngine | None = None) -> None:
+    def __init__(
+        self, config: EngineConfig, stall_timeout_s: float = 60.0, engine: LLMEngine | None = None
+    ) -> None:
         self.engine = engine or LLMEngine(config)
         self.stall_timeout_s = stall_timeout_s
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
@@ -54,7 +55,9 @@ class AsyncEngine:
 
     # ---- caller side ------------------------------------------------------------------
     async def generate(
-        self, prompt_token_ids: list[int], sampling_params: SamplingParams,
+        self,
+        prompt_token_ids: list[int],
+        sampling_params: SamplingParams,
         request_id: str | None = None,
     ) -> AsyncIterator[RequestOutput]:
         """Stream one request's outputs; the last has `finished` set. Invalid requests raise
@@ -126,7 +129,7 @@ class AsyncEngine:
                     self._wakeup.wait(timeout=1.0)
                     self._wakeup.clear()
                 self._last_progress = time.monotonic()
-        except BaseException as error:  # noqa: BLE001 - every failure must reach the callers
+        except BaseException as error:  # every failure must reach the callers
             self._error = error
             for stream in list(self._streams.values()):
                 stream.push(EngineDeadError(f"the engine loop failed: {error!r}"))

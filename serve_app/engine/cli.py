@@ -26,8 +26,9 @@ def main(argv: list[str] | None = None) -> None:
     engine = LLMEngine(EngineConfig(model=args.model))
     tokenizer = AutoTokenizer.from_pretrained(engine.model_dir)
     prompt_ids = tokenizer.encode(args.prompt, add_special_tokens=False)
-    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature,
-                            seed=args.seed)
+    params = SamplingParams(
+        max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed
+    )
     started = time.perf_counter()
     [output_ids] = engine.generate([prompt_ids], params)
     elapsed = time.perf_counter() - started
