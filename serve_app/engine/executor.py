@@ -1,7 +1,9 @@
 """Executors run the model on every tensor-parallel rank and hand rank 0's logits back.
 
 The engine (scheduler, sampler) runs once, beside rank 0; other ranks only receive each
-step's ModelInput. `InProcessExecutor` is the single-rank case: no process group at all.
+step's ModelInput. `InProcessExecutor` is the single-rank case: no process group at all;
+`MultiprocessExecutor` (multiproc_executor.py) drives ranks 1..N-1 in local processes, and
+any other transport (Ray actors) can drive the same TensorParallelWorker (worker.py).
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from typing import Protocol
 import torch
 
 from serve_app.engine.config import ConfigError, EngineConfig
+from serve_app.engine.loader import read_architecture
 from serve_app.engine.model_input import ModelInput
 from serve_app.engine.model_runner import ModelRunner
-from serve_app.engine.parallel import SINGLE_DEVICE
+from serve_app.engine.parallel import SINGLE_DEVICE, check_tensor_parallel_sizes
 
 
 class Executor(Protocol):
@@ -79,9 +82,12 @@ class InProcessExecutor:
 
 
 def make_executor(config: EngineConfig, model_dir: Path) -> Executor:
+    """TP=1: in-process, no process group. TP>1: one local process per extra rank, after
+    checking (before anything starts) that the model splits over that many ranks."""
     if config.tensor_parallel_size == 1:
         return InProcessExecutor(config, model_dir)
-    raise ConfigError(
-        f"EngineConfig.tensor_parallel_size {config.tensor_parallel_size} needs a multi-rank "
-        "executor; only 1 is supported by this build"
-    )
+    check_tensor_parallel_sizes(read_architecture(model_dir), config.tensor_parallel_size)
+    # Imported here: the multiprocess machinery is not needed for TP=1.
+    from serve_app.engine.multiproc_executor import MultiprocessExecutor
+
+    return MultiprocessExecutor(config, model_dir)

@@ -7,17 +7,26 @@ collective is a no-op and no process group exists.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
-import torch.distributed as dist
+
+from serve_app.engine.config import ConfigError
+from serve_app.engine.models.architecture import ModelArchitecture
+
+if TYPE_CHECKING:
+    from serve_app.engine.distributed import TensorParallelGroup
 
 
 @dataclass(frozen=True, slots=True)
 class ParallelContext:
     rank: int = 0
     world_size: int = 1
-    group: Any = None  # torch.distributed ProcessGroup when world_size > 1
+    group: TensorParallelGroup | None = None  # required when world_size > 1
+
+    def __post_init__(self) -> None:
+        assert 0 <= self.rank < self.world_size, (self.rank, self.world_size)
+        assert self.world_size == 1 or self.group is not None, "world_size > 1 needs a group"
 
     @property
     def is_first_rank(self) -> bool:
@@ -26,26 +35,53 @@ class ParallelContext:
     def shard(self, total: int, what: str) -> int:
         """Size of this rank's share of `total`; a clear error when it does not divide."""
         if total % self.world_size:
-            raise ValueError(
-                f"{what} ({total}) is not divisible by tensor_parallel_size ({self.world_size})"
+            raise ConfigError(
+                f"{what} ({total}) is not divisible by "
+                f"EngineConfig.tensor_parallel_size ({self.world_size})"
             )
         return total // self.world_size
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.world_size > 1:
-            dist.all_reduce(tensor, group=self.group)
+            self.group.all_reduce(tensor)
         return tensor
 
     def gather_last_dim_to_first_rank(self, tensor: torch.Tensor) -> torch.Tensor | None:
         """Concatenate every rank's tensor along the last dim on rank 0; None elsewhere."""
         if self.world_size == 1:
             return tensor
-        tensor = tensor.contiguous()
-        parts = (
-            [torch.empty_like(tensor) for _ in range(self.world_size)] if self.rank == 0 else None
-        )
-        dist.gather(tensor, parts, dst=dist.get_global_rank(self.group, 0), group=self.group)
+        parts = self.group.gather_to_first_rank(tensor)
         return torch.cat(parts, dim=-1) if parts is not None else None
 
 
 SINGLE_DEVICE = ParallelContext()
+
+
+def check_tensor_parallel_sizes(arch: ModelArchitecture, world_size: int) -> None:
+    """Fail at start-up, before any process starts, when the model cannot be split over
+    `world_size` ranks; the message says which size and by what."""
+    if world_size == 1:
+        return
+    problems = [
+        f"{name} ({size}) is not divisible by {world_size}"
+        for name, size in (
+            ("num_attention_heads", arch.num_heads),
+            ("intermediate_size", arch.intermediate_size),
+            ("vocab_size", arch.vocab_size),
+        )
+        if size % world_size
+    ]
+    if arch.num_kv_heads >= world_size and arch.num_kv_heads % world_size:
+        problems.append(
+            f"num_key_value_heads ({arch.num_kv_heads}) is not divisible by {world_size}"
+        )
+    if arch.num_kv_heads < world_size and world_size % arch.num_kv_heads:
+        problems.append(
+            f"{world_size} is not a multiple of num_key_value_heads ({arch.num_kv_heads}), "
+            "which replicating KV heads over ranks needs"
+        )
+    if problems:
+        raise ConfigError(
+            f"EngineConfig.tensor_parallel_size {world_size} cannot split this "
+            f"{arch.architecture}: " + "; ".join(problems)
+        )

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from serve_app.engine.config import ConfigError
 from serve_app.engine.parallel import ParallelContext
 
 
@@ -94,9 +95,9 @@ class QKVParallelLinear(ColumnParallelLinear):
             self.kv_head_start = ctx.rank * self.num_kv_heads_per_rank
         else:
             if ctx.world_size % num_kv_heads:
-                raise ValueError(
-                    f"tensor_parallel_size ({ctx.world_size}) must be a multiple of "
-                    f"num_key_value_heads ({num_kv_heads}) to replicate KV heads"
+                raise ConfigError(
+                    f"EngineConfig.tensor_parallel_size ({ctx.world_size}) must be a multiple "
+                    f"of num_key_value_heads ({num_kv_heads}) to replicate KV heads"
                 )
             self.num_kv_heads_per_rank = 1
             self.kv_head_start = ctx.rank * num_kv_heads // ctx.world_size

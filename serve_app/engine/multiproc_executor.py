@@ -1,0 +1,264 @@
+"""MultiprocessExecutor: tensor parallelism on one machine, one process per extra rank.
+
+Rank 0 (the driver) runs inside the engine's own process, so its logits never cross a
+process boundary; ranks 1..N-1 are spawned processes, each driving a TensorParallelWorker
+from a pipe. Per step the driver pickles the ModelInput once, writes it to every pipe and
+runs its own forward; workers never answer a step (the collectives inside the layers keep
+the ranks in lock-step). A watcher thread notices a worker that dies; a dead peer also
+breaks the driver's next collective at once, and either way the executor shuts everything
+down and raises TensorParallelError instead of hanging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing.connection
+import pickle
+import signal
+import threading
+import traceback
+from pathlib import Path
+
+import torch
+import torch.multiprocessing as mp
+
+from serve_app.engine.config import EngineConfig
+from serve_app.engine.distributed import Rendezvous, backend_for_device, open_rendezvous
+from serve_app.engine.executor import plan_num_kv_blocks
+from serve_app.engine.model_input import ModelInput
+from serve_app.engine.model_runner import resolve_device
+from serve_app.engine.worker import KVMemoryReport, TensorParallelWorker
+
+STARTUP_TIMEOUT_S = 600.0  # loading a large checkpoint on every rank
+REPLY_TIMEOUT_S = 120.0
+DEATH_GRACE_S = 5.0  # after a failed collective, how long to wait for the dead rank's exit
+WATCH_INTERVAL_S = 0.2
+WORKER_METHODS = ("kv_memory", "allocate_kv_cache", "execute")
+
+
+class TensorParallelError(RuntimeError):
+    """A tensor-parallel rank died or failed; the executor has shut down and cannot serve."""
+
+
+class MultiprocessExecutor:
+    def __init__(self, config: EngineConfig, model_dir: Path) -> None:
+        self.world_size = config.tensor_parallel_size
+        assert self.world_size > 1, "TP=1 runs in-process (InProcessExecutor)"
+        self.driver: TensorParallelWorker | None = None
+        self.processes: list[mp.Process] = []
+        self._conns: list[multiprocessing.connection.Connection] = []
+        self._failure: str | None = None
+        self._closed = False
+        self._stop_watching = threading.Event()
+        self._watcher: threading.Thread | None = None
+        device = resolve_device(config)
+        if device.type == "cuda" and torch.cuda.device_count() < self.world_size:
+            raise TensorParallelError(
+                f"EngineConfig.tensor_parallel_size {self.world_size} needs that many CUDA "
+                f"devices, {torch.cuda.device_count()} visible"
+            )
+        # On CPU the ranks share the cores: each gets its share instead of all of them.
+        self._saved_num_threads = torch.get_num_threads()
+        threads_per_rank = (
+            max(1, self._saved_num_threads // self.world_size) if device.type == "cpu" else 0
+        )
+        try:
+            self._start(config, model_dir, device.type, threads_per_rank)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    # ---- start-up ---------------------------------------------------------------------
+    def _start(
+        self, config: EngineConfig, model_dir: Path, device_type: str, threads_per_rank: int
+    ) -> None:
+        store, rendezvous = open_rendezvous(self.world_size, backend_for_device(device_type))
+        context = mp.get_context("spawn")  # fork is unsafe in a threaded engine process
+        for rank in range(1, self.world_size):
+            parent_end, child_end = context.Pipe(duplex=True)
+            process = context.Process(
+                target=run_worker_process,
+                args=(child_end, config, model_dir, rank, rendezvous, threads_per_rank),
+                name=f"tp-worker-{rank}",
+                daemon=True,  # never outlive the engine process
+            )
+            process.start()
+            child_end.close()
+            self.processes.append(process)
+            self._conns.append(parent_end)
+        for rank in range(1, self.world_size):
+            self._receive(rank, STARTUP_TIMEOUT_S)  # imported and about to join the group
+        if threads_per_rank:
+            torch.set_num_threads(threads_per_rank)
+        self.driver = TensorParallelWorker(config, model_dir, 0, rendezvous, store)
+        self.runner = self.driver.runner  # the engine samples on rank 0's device
+        self.max_model_len = self.runner.max_model_len
+        self.vocab_size = self.runner.arch.vocab_size
+        reports = [self.driver.kv_memory(), *self._call_workers("kv_memory", STARTUP_TIMEOUT_S)]
+        self.num_kv_blocks = plan_kv_blocks_over_ranks(reports, config, self.max_model_len)
+        self._call_workers("allocate_kv_cache", REPLY_TIMEOUT_S, self.num_kv_blocks)
+        self.driver.allocate_kv_cache(self.num_kv_blocks)
+        self._watcher = threading.Thread(target=self._watch, name="tp-watcher", daemon=True)
+        self._watcher.start()
+
+    def _call_workers(self, method: str, timeout_s: float, *args) -> list:
+        self._send_all(method, *args)
+        return [self._receive(rank, timeout_s) for rank in range(1, self.world_size)]
+
+    def _send_all(self, method: str, *args) -> None:
+        payload = pickle.dumps((method, args), protocol=pickle.HIGHEST_PROTOCOL)
+        for conn in self._conns:
+            conn.send_bytes(payload)
+
+    def _receive(self, rank: int, timeout_s: float):
+        conn, process = self._conns[rank - 1], self.processes[rank - 1]
+        ready = multiprocessing.connection.wait([conn, process.sentinel], timeout_s)
+        if conn in ready:
+            kind, value = conn.recv()
+            if kind == "error":
+                raise TensorParallelError(f"tensor-parallel worker rank {rank} failed:\n{value}")
+            return value
+        if process.sentinel in ready:
+            raise TensorParallelError(describe_dead_worker(rank, process))
+        raise TensorParallelError(
+            f"tensor-parallel worker rank {rank} did not answer within {timeout_s:.0f}s"
+        )
+
+    # ---- steps ------------------------------------------------------------------------
+    def execute(self, model_input: ModelInput) -> torch.Tensor | None:
+        self.check_health()
+        try:
+            self._send_all("execute", model_input)
+            return self.driver.execute(model_input)
+        except Exception as error:
+            # Whatever broke, the ranks are out of step now: nothing can run any more.
+            raise self._fail(f"a tensor-parallel step failed on rank 0: {error}") from error
+
+    def check_health(self) -> None:
+        """Raise TensorParallelError if any rank is dead or the executor has shut down."""
+        if self._failure is not None:
+            raise TensorParallelError(self._failure)
+        if self._closed:
+            raise TensorParallelError("the tensor-parallel executor has been shut down")
+        for rank, process in enumerate(self.processes, start=1):
+            if not process.is_alive():
+                raise self._fail(describe_dead_worker(rank, process))
+
+    def _fail(self, fallback: str) -> TensorParallelError:
+        """Name the rank that died (waiting briefly for its exit), shut down, return the error."""
+        if self._failure is None:
+            sentinels = [process.sentinel for process in self.processes]
+            multiprocessing.connection.wait(sentinels, DEATH_GRACE_S)
+            dead = [
+                describe_dead_worker(rank, process, self._conns[rank - 1])
+                for rank, process in enumerate(self.processes, start=1)
+                if not process.is_alive()
+            ]
+            self._failure = "; ".join(dead) if dead else fallback
+        self.shutdown()
+        return TensorParallelError(self._failure)
+
+    def _watch(self) -> None:
+        sentinels = {process.sentinel: rank for rank, process in enumerate(self.processes, 1)}
+        while not self._stop_watching.is_set():
+            ready = multiprocessing.connection.wait(list(sentinels), WATCH_INTERVAL_S)
+            if ready and not self._stop_watching.is_set():
+                rank = sentinels[ready[0]]
+                self._failure = describe_dead_worker(rank, self.processes[rank - 1])
+                self.driver.abort()  # NCCL: unblock a collective that waits on the dead rank
+                return
+
+    # ---- shutdown ---------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Stop every worker, destroy the group and free the KV cache; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_watching.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join()
+        for conn in self._conns:
+            with contextlib.suppress(OSError):  # that worker is already gone
+                conn.send_bytes(pickle.dumps(("shutdown", ())))
+        for process in self.processes:
+            process.join(timeout=DEATH_GRACE_S)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        for conn in self._conns:
+            conn.close()
+        if self.driver is not None:
+            self.driver.shutdown()
+        torch.set_num_threads(self._saved_num_threads)
+
+
+def plan_kv_blocks_over_ranks(
+    reports: list[KVMemoryReport], config: EngineConfig, max_model_len: int
+) -> int:
+    """Every rank allocates the same number of blocks: what the tightest rank can hold."""
+    bytes_per_block = {report.bytes_per_block for report in reports}
+    assert len(bytes_per_block) == 1, f"ranks disagree on KV block size: {bytes_per_block}"
+    return plan_num_kv_blocks(
+        min(report.budget_bytes for report in reports),
+        bytes_per_block.pop(),
+        config.block_size,
+        max_model_len,
+        config.max_num_seqs,
+    )
+
+
+def describe_dead_worker(
+    rank: int, process: mp.Process, conn: multiprocessing.connection.Connection | None = None
+) -> str:
+    code = process.exitcode
+    how = (
+        f"was killed by {signal.Signals(-code).name}"
+        if code is not None and code < 0
+        else f"exited with code {code}"
+    )
+    message = f"tensor-parallel worker rank {rank} (pid {process.pid}) {how}"
+    try:
+        if conn is not None and conn.poll():
+            kind, value = conn.recv()
+            if kind == "error":
+                message += f":\n{value}"
+    except (OSError, EOFError):
+        pass  # it died before it could say why
+    return message
+
+
+def run_worker_process(
+    conn: multiprocessing.connection.Connection,
+    config: EngineConfig,
+    model_dir: Path,
+    rank: int,
+    rendezvous: Rendezvous,
+    num_threads: int,
+) -> None:
+    """A worker process's whole life: join, build, then run what the driver sends until it
+    says shutdown or goes away. Any failure is reported on the pipe before exiting."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    worker = None
+    try:
+        conn.send(("started", None))
+        worker = TensorParallelWorker(config, model_dir, rank, rendezvous)
+        while True:
+            try:
+                method, args = pickle.loads(conn.recv_bytes())
+            except EOFError:
+                return  # the driver's process is gone
+            if method == "shutdown":
+                return
+            assert method in WORKER_METHODS, method
+            result = getattr(worker, method)(*args)
+            if method != "execute":  # steps are never answered: the collectives pace them
+                conn.send(("ok", result))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            conn.send(("error", traceback.format_exc()))
+        raise SystemExit(1) from None
+    finally:
+        if worker is not None:
+            worker.shutdown()

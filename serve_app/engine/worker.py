@@ -1,0 +1,70 @@
+"""TensorParallelWorker: one tensor-parallel rank, independent of how it is driven.
+
+It joins its engine's group, builds the rank's ModelRunner, reports its KV memory, and
+runs each step's ModelInput. Its methods take and return plain picklable values, so any
+transport can drive it: the engine's own process for rank 0, a multiprocessing pipe loop
+(multiproc_executor.py) today, a Ray actor later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from serve_app.engine.config import EngineConfig
+from serve_app.engine.distributed import Rendezvous, TensorParallelGroup
+from serve_app.engine.model_input import ModelInput
+from serve_app.engine.model_runner import ModelRunner, resolve_device
+from serve_app.engine.parallel import ParallelContext
+
+
+@dataclass(frozen=True, slots=True)
+class KVMemoryReport:
+    """What one rank can hold; the driver takes the minimum budget over ranks."""
+
+    budget_bytes: int
+    bytes_per_block: int
+
+
+class TensorParallelWorker:
+    def __init__(
+        self,
+        config: EngineConfig,
+        model_dir: Path,
+        rank: int,
+        rendezvous: Rendezvous,
+        store=None,  # rank 0 passes the store it opened; others connect to it
+        local_address: str = "127.0.0.1",
+    ) -> None:
+        self.rank = rank
+        device = resolve_device(config)
+        if device.type == "cuda":
+            torch.cuda.set_device(rank)  # one GPU per rank, in rank order
+        self.group = TensorParallelGroup(rendezvous, rank, store, local_address)
+        ctx = ParallelContext(rank, rendezvous.world_size, self.group)
+        try:
+            self.runner = ModelRunner(config, model_dir, ctx)
+        except BaseException:
+            self.group.close()
+            raise
+
+    def kv_memory(self) -> KVMemoryReport:
+        return KVMemoryReport(
+            self.runner.kv_cache_budget_bytes(), self.runner.kv_cache_bytes_per_block()
+        )
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        self.runner.allocate_kv_cache(num_blocks)
+
+    def execute(self, model_input: ModelInput) -> torch.Tensor | None:
+        """Run one step; float32 logits on rank 0, None on the other ranks."""
+        return self.runner.execute(model_input)
+
+    def abort(self) -> None:
+        self.group.abort()
+
+    def shutdown(self) -> None:
+        self.runner.kv_caches = []
+        self.group.close()
