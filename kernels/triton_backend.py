@@ -1,0 +1,75 @@
+"""The engine's `triton` attention backend: the Triton kernels behind the AttentionBackend
+interface of serve_app/engine/layers/attention.py.
+
+Runs on CUDA; on CPU only under the Triton interpreter (TRITON_INTERPRET=1 in the
+environment before `kernels` is imported), which is how the tests run it end to end.
+Triton is imported here, never by the torch path.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+try:
+    from kernels.paged_attention import paged_attention
+    from kernels.store_kv import store_kv
+except ImportError as error:  # pragma: no cover - triton ships with Linux torch wheels
+    raise ImportError(
+        "attention_backend='triton' needs the `triton` package (Linux + CUDA, or "
+        "TRITON_INTERPRET=1 on CPU); install it or use attention_backend='torch'"
+    ) from error
+
+
+class PagedBatch(Protocol):
+    """The fields of the engine's AttentionMetadata that the kernels read."""
+
+    slot_mapping: torch.Tensor
+    block_tables: torch.Tensor
+    context_lens: torch.Tensor
+    query_start_loc: torch.Tensor
+    num_decode_seqs: int
+    max_query_len: int
+    context_lens_host: list[int]
+
+
+class TritonAttentionBackend:
+    """`unified=True` runs each mixed batch as one prefill-kernel launch (see paged_attention)."""
+
+    name = "triton"
+
+    def __init__(self, unified: bool = False) -> None:
+        self.unified = unified
+
+    def store_kv(
+        self,
+        key: torch.Tensor,  # (tokens, kv_heads, head_dim)
+        value: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        metadata: PagedBatch,
+    ) -> None:
+        store_kv(key, value, k_cache, v_cache, metadata.slot_mapping)
+
+    def attend(
+        self,
+        query: torch.Tensor,  # (tokens, heads, head_dim)
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        metadata: PagedBatch,
+        scale: float,
+    ) -> torch.Tensor:
+        return paged_attention(
+            query,
+            k_cache,
+            v_cache,
+            metadata.block_tables,
+            metadata.query_start_loc,
+            metadata.context_lens,
+            metadata.context_lens_host,
+            metadata.num_decode_seqs,
+            metadata.max_query_len,
+            scale,
+            unified=self.unified,
+        )
