@@ -1,0 +1,68 @@
+"""Every Prometheus metric of the app, defined once (names are what dashboards query).
+
+Exported through Ray's metrics agent (`ray.serve.metrics`), which adds the deployment,
+replica and application tags. Create them inside a replica (they need a Ray worker).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ray.serve import metrics
+
+REQUESTS = "serve_app_requests"
+REQUEST_LATENCY_S = "serve_app_request_latency_s"
+TOKENS = "serve_app_tokens"
+RUNNING_REQUESTS = "serve_app_running_requests"
+KV_CACHE_USAGE = "serve_app_kv_cache_usage"
+
+LATENCY_BOUNDARIES_S = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
+
+
+@dataclass
+class IngressMetrics:
+    requests: metrics.Counter
+    latency_s: metrics.Histogram
+    tokens: metrics.Counter
+
+    @classmethod
+    def create(cls) -> IngressMetrics:
+        return cls(
+            requests=metrics.Counter(
+                REQUESTS, "HTTP requests by route and status", tag_keys=("route", "status")
+            ),
+            latency_s=metrics.Histogram(
+                REQUEST_LATENCY_S,
+                "end-to-end request latency in seconds",
+                boundaries=LATENCY_BOUNDARIES_S,
+                tag_keys=("route",),
+            ),
+            tokens=metrics.Counter(TOKENS, "prompt and completion tokens", tag_keys=("kind",)),
+        )
+
+    def record(self, route: str, status: int, latency_s: float) -> None:
+        self.requests.inc(tags={"route": route, "status": str(status)})
+        self.latency_s.observe(latency_s, tags={"route": route})
+
+    def count_tokens(self, prompt_tokens: int, completion_tokens: int) -> None:
+        if prompt_tokens:
+            self.tokens.inc(prompt_tokens, tags={"kind": "prompt"})
+        if completion_tokens:
+            self.tokens.inc(completion_tokens, tags={"kind": "completion"})
+
+
+@dataclass
+class ReplicaMetrics:
+    running_requests: metrics.Gauge
+    kv_cache_usage: metrics.Gauge
+
+    @classmethod
+    def create(cls) -> ReplicaMetrics:
+        return cls(
+            running_requests=metrics.Gauge(RUNNING_REQUESTS, "requests inside the engine"),
+            kv_cache_usage=metrics.Gauge(KV_CACHE_USAGE, "fraction of KV blocks in use"),
+        )
+
+    def update(self, num_running: int, kv_cache_usage: float) -> None:
+        self.running_requests.set(num_running)
+        self.kv_cache_usage.set(kv_cache_usage)

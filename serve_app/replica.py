@@ -1,0 +1,67 @@
+"""ModelReplica: the Serve deployment that owns an AsyncEngine and streams token ids.
+
+It sees token ids only (the ingress tokenizes). `generate` yields one TokenChunk per engine
+step; when the caller cancels, Serve cancels this generator, and leaving the AsyncEngine
+stream early aborts the request and frees its KV blocks. Deployment options (replicas,
+resources, limits, health-check timeouts) are applied by `serve_app.app.build_app`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import asdict
+
+from serve_app.config import AppConfig
+from serve_app.engine.async_engine import AsyncEngine
+from serve_app.engine.sampling_params import SamplingParams
+from serve_app.metrics import ReplicaMetrics
+from serve_app.token_stream import TokenChunk
+
+METRICS_PERIOD_S = 1.0
+
+
+class ModelReplica:
+    def __init__(self, config: AppConfig) -> None:
+        self.engine = AsyncEngine(config.engine, stall_timeout_s=config.replica.stall_timeout_s)
+        self.metrics = ReplicaMetrics.create()
+        self._metrics_task: asyncio.Task | None = None
+
+    async def generate(
+        self, prompt_ids: list[int], params: SamplingParams, request_id: str
+    ) -> AsyncIterator[TokenChunk]:
+        self._start_metrics()
+        async for output in self.engine.generate(prompt_ids, params, request_id):
+            yield TokenChunk(
+                token_ids=output.new_token_ids,
+                finished=output.finished,
+                finish_reason=output.finish_reason,
+                num_prompt_tokens=output.num_prompt_tokens,
+                num_output_tokens=output.num_output_tokens,
+                logprobs=output.new_logprobs,
+            )
+
+    async def stats(self) -> dict:
+        """Engine counters (running/waiting requests, KV blocks) plus open streams."""
+        return {**asdict(self.engine.stats()), "num_active_streams": self.engine.num_active_streams}
+
+    async def check_health(self) -> None:
+        """Called by Serve; raising marks the replica unhealthy and gets it replaced."""
+        self.engine.check_health()
+
+    def __del__(self) -> None:
+        if self._metrics_task is not None:
+            self._metrics_task.cancel()
+        with contextlib.suppress(Exception):
+            self.engine.shutdown()
+
+    def _start_metrics(self) -> None:
+        if self._metrics_task is None:
+            self._metrics_task = asyncio.get_running_loop().create_task(self._report_metrics())
+
+    async def _report_metrics(self) -> None:
+        while True:
+            stats = self.engine.stats()
+            self.metrics.update(stats.num_running + stats.num_waiting, stats.kv_cache_usage)
+            await asyncio.sleep(METRICS_PERIOD_S)

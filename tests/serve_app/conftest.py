@@ -1,0 +1,100 @@
+"""One Ray instance and one Serve app per test session, on loopback with small resources.
+
+The app runs the embedded `tiny` model with deliberately small admission limits so the
+overload test can exceed them; API keys come from a file so the auth test has one to use.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+API_KEY = "test-key-1"
+MAX_ONGOING = 4
+MAX_QUEUED = 2
+APP_NAME = "llm"
+
+
+@dataclass(frozen=True)
+class LiveApp:
+    base_url: str  # http://127.0.0.1:<port>
+    api_key: str
+    model: str
+    args: dict
+
+    @property
+    def api_url(self) -> str:
+        return self.base_url + "/v1"
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def app_args(keys_file: Path) -> dict:
+    return {
+        "model": "tiny",
+        "engine": {"max_num_seqs": 8, "kv_cache_memory_bytes": 8 * 2**20},
+        "replica": {
+            "num_cpus": 0.5,
+            "max_ongoing_requests": MAX_ONGOING,
+            "max_queued_requests": MAX_QUEUED,
+            "health_check_period_s": 2,
+        },
+        "ingress": {"num_cpus": 0.1},
+        "limits": {
+            "max_prompt_tokens": 256,
+            "max_tokens": 512,
+            "max_body_bytes": 64 * 1024,
+            "retry_after_s": 2,
+        },
+        "auth": {"api_keys_env": None, "api_keys_file": str(keys_file)},
+    }
+
+
+@pytest.fixture(scope="session")
+def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    keys_file = tmp_path_factory.mktemp("auth") / "keys.txt"
+    keys_file.write_text(f"# test keys\n{API_KEY}\nsecond-key\n")
+    port = free_port()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        args = app_args(keys_file)
+        serve.run(build_app(args), name=APP_NAME, route_prefix="/")
+        yield LiveApp(f"http://127.0.0.1:{port}", API_KEY, "tiny", args)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def replica_handle(live_app: LiveApp):
+    from ray import serve
+
+    from serve_app.app import REPLICA_NAME
+
+    return serve.get_deployment_handle(REPLICA_NAME, app_name=APP_NAME)
+
+
+@pytest.fixture(scope="session")
+def client(live_app: LiveApp):
+    import openai
+
+    return openai.OpenAI(
+        base_url=live_app.api_url, api_key=live_app.api_key, max_retries=0, timeout=60
+    )
