@@ -66,6 +66,7 @@ class TensorParallelGroup:
         local_address: str = "127.0.0.1",
     ) -> None:
         self.rank = rank
+        self.rendezvous = rendezvous
         self.world_size = rendezvous.world_size
         self.backend_name = rendezvous.backend
         if store is None:  # a non-zero rank connects to rank 0's store

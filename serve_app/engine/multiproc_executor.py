@@ -17,6 +17,7 @@ import pickle
 import signal
 import threading
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -34,6 +35,7 @@ REPLY_TIMEOUT_S = 120.0
 DEATH_GRACE_S = 5.0  # after a failed collective, how long to wait for the dead rank's exit
 WATCH_INTERVAL_S = 0.2
 WORKER_METHODS = ("kv_memory", "allocate_kv_cache", "execute")
+WORKER_MODULE = __name__  # what the fork server imports before forking workers
 
 
 class TensorParallelError(RuntimeError):
@@ -57,13 +59,13 @@ class MultiprocessExecutor:
                 f"EngineConfig.tensor_parallel_size {self.world_size} needs that many CUDA "
                 f"devices, {torch.cuda.device_count()} visible"
             )
-        # On CPU the ranks share the cores: each gets its share instead of all of them.
-        self._saved_num_threads = torch.get_num_threads()
-        threads_per_rank = (
-            max(1, self._saved_num_threads // self.world_size) if device.type == "cpu" else 0
+        # On CPU the ranks share the host's cores: each rank's forward gets its share of the
+        # intra-op threads instead of all of them (0: leave the thread count alone).
+        self.threads_per_rank = (
+            max(1, torch.get_num_threads() // self.world_size) if device.type == "cpu" else 0
         )
         try:
-            self._start(config, model_dir, device.type, threads_per_rank)
+            self._start(config, model_dir, device.type, self.threads_per_rank)
         except BaseException:
             self.shutdown()
             raise
@@ -73,7 +75,10 @@ class MultiprocessExecutor:
         self, config: EngineConfig, model_dir: Path, device_type: str, threads_per_rank: int
     ) -> None:
         store, rendezvous = open_rendezvous(self.world_size, backend_for_device(device_type))
-        context = mp.get_context("spawn")  # fork is unsafe in a threaded engine process
+        # Not fork: the engine process is threaded. A fork server that has imported the model
+        # stack once starts every later worker in milliseconds instead of a fresh interpreter.
+        context = mp.get_context("forkserver")
+        context.set_forkserver_preload([WORKER_MODULE])
         for rank in range(1, self.world_size):
             parent_end, child_end = context.Pipe(duplex=True)
             process = context.Process(
@@ -88,8 +93,6 @@ class MultiprocessExecutor:
             self._conns.append(parent_end)
         for rank in range(1, self.world_size):
             self._receive(rank, STARTUP_TIMEOUT_S)  # imported and about to join the group
-        if threads_per_rank:
-            torch.set_num_threads(threads_per_rank)
         self.driver = TensorParallelWorker(config, model_dir, 0, rendezvous, store)
         self.runner = self.driver.runner  # the engine samples on rank 0's device
         self.max_model_len = self.runner.max_model_len
@@ -129,7 +132,8 @@ class MultiprocessExecutor:
         self.check_health()
         try:
             self._send_all("execute", model_input)
-            return self.driver.execute(model_input)
+            with intra_op_threads(self.threads_per_rank):
+                return self.driver.execute(model_input)
         except Exception as error:
             # Whatever broke, the ranks are out of step now: nothing can run any more.
             raise self._fail(f"a tensor-parallel step failed on rank 0: {error}") from error
@@ -189,7 +193,19 @@ class MultiprocessExecutor:
             conn.close()
         if self.driver is not None:
             self.driver.shutdown()
-        torch.set_num_threads(self._saved_num_threads)
+
+
+@contextlib.contextmanager
+def intra_op_threads(num_threads: int) -> Iterator[None]:
+    """Run the block with `num_threads` torch threads (0: unchanged), then restore the count;
+    the engine process keeps its own setting outside the driver rank's forward."""
+    saved = torch.get_num_threads()
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def plan_kv_blocks_over_ranks(
@@ -210,6 +226,7 @@ def plan_kv_blocks_over_ranks(
 def describe_dead_worker(
     rank: int, process: mp.Process, conn: multiprocessing.connection.Connection | None = None
 ) -> str:
+    process.join(DEATH_GRACE_S)  # its pipes close a moment before its exit code is known
     code = process.exitcode
     how = (
         f"was killed by {signal.Signals(-code).name}"
