@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.attention_tile import attend_kv_tile
 from kernels.tiling import (
     DecodeTiles,
     check_tiles,
@@ -92,27 +93,28 @@ def _decode_split_kernel(
     table_row = block_tables_ptr + seq.to(tl.int64) * stride_table_seq
     for tile_start in range(start, end, BLOCK_TOKENS):
         tokens = tile_start + tl.arange(0, BLOCK_TOKENS)
-        token_mask = tokens < end
-        block_ids = tl.load(table_row + tokens // BLOCK_SIZE, mask=token_mask, other=0)
-        slots = (
-            block_ids.to(tl.int64) * stride_cache_block
-            + (tokens % BLOCK_SIZE) * stride_cache_slot
-            + kv_head * stride_cache_head
+        token_mask = tokens < end  # every tile holds at least one valid token
+        acc, row_max, row_sum = attend_kv_tile(
+            query,
+            acc,
+            row_max,
+            row_sum,
+            k_cache_ptr,
+            v_cache_ptr,
+            table_row,
+            kv_head,
+            tokens,
+            token_mask,
+            token_mask[None, :],
+            dims,
+            dim_mask,
+            scale_log2,
+            stride_cache_block,
+            stride_cache_slot,
+            stride_cache_head,
+            BLOCK_SIZE=BLOCK_SIZE,
+            DOT_PRECISION=DOT_PRECISION,
         )
-        kv_mask = token_mask[:, None] & dim_mask[None, :]
-        key = tl.load(k_cache_ptr + slots[:, None] + dims[None, :], mask=kv_mask, other=0.0)
-        scores = tl.dot(query, tl.trans(key), input_precision=DOT_PRECISION) * scale_log2
-        scores = tl.where(token_mask[None, :], scores, float("-inf"))  # (group, tokens)
-        # Every tile holds at least one valid token, so new_max is finite.
-        new_max = tl.maximum(row_max, tl.max(scores, 1))
-        correction = tl.exp2(row_max - new_max)
-        probs = tl.exp2(scores - new_max[:, None])
-        row_sum = row_sum * correction + tl.sum(probs, 1)
-        value = tl.load(v_cache_ptr + slots[:, None] + dims[None, :], mask=kv_mask, other=0.0)
-        acc = acc * correction[:, None] + tl.dot(
-            probs.to(value.dtype), value, input_precision=DOT_PRECISION
-        )
-        row_max = new_max
 
     # An empty split (short sequence) has row_sum 0: output 0, log-sum-exp -inf.
     out = acc / tl.where(row_sum > 0, row_sum, 1.0)[:, None]

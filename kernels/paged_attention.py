@@ -42,37 +42,29 @@ def paged_attention(
         f"query has {query.shape[0]} tokens, fewer than num_decode_seqs ({num_decode_seqs})",
     )
     out = check_out(out, tuple(query.shape), query)
-    if unified or num_decode_seqs == 0:
-        return paged_prefill_attention(
-            query,
+    first_chunk = 0  # the prefill kernel takes the sequences from here on
+    if not unified and num_decode_seqs > 0:
+        paged_decode_attention(
+            query[:num_decode_seqs],
             k_cache,
             v_cache,
-            block_tables,
-            query_start_loc,
-            context_lens,
-            max_query_len,
+            block_tables[:num_decode_seqs],
+            context_lens[:num_decode_seqs],
+            max(context_lens_host[:num_decode_seqs]),
             scale,
-            out=out,
+            num_splits=num_splits,
+            out=out[:num_decode_seqs],
         )
-    paged_decode_attention(
-        query[:num_decode_seqs],
-        k_cache,
-        v_cache,
-        block_tables[:num_decode_seqs],
-        context_lens[:num_decode_seqs],
-        max(context_lens_host[:num_decode_seqs]),
-        scale,
-        num_splits=num_splits,
-        out=out[:num_decode_seqs],
-    )
-    if num_decode_seqs < num_seqs:
+        first_chunk = num_decode_seqs
+    if first_chunk < num_seqs:
+        # query_start_loc holds absolute offsets, so the chunks' slice indexes the full query.
         paged_prefill_attention(
             query,
             k_cache,
             v_cache,
-            block_tables[num_decode_seqs:],
-            query_start_loc[num_decode_seqs:],
-            context_lens[num_decode_seqs:],
+            block_tables[first_chunk:],
+            query_start_loc[first_chunk:],
+            context_lens[first_chunk:],
             max_query_len,
             scale,
             out=out,

@@ -18,6 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.attention_tile import attend_kv_tile
 from kernels.tiling import PrefillTiles, check_tiles, dot_precision, prefill_tiles
 from kernels.validation import (
     check_index,
@@ -94,27 +95,29 @@ def _prefill_kernel(
     for tile_start in range(0, kv_end, BLOCK_TOKENS):
         tokens = tile_start + tl.arange(0, BLOCK_TOKENS)
         token_mask = tokens < kv_end
-        block_ids = tl.load(table_row + tokens // BLOCK_SIZE, mask=token_mask, other=0)
-        slots = (
-            block_ids.to(tl.int64) * stride_cache_block
-            + (tokens % BLOCK_SIZE) * stride_cache_slot
-            + kv_head * stride_cache_head
-        )
-        kv_mask = token_mask[:, None] & dim_mask[None, :]
-        key = tl.load(k_cache_ptr + slots[:, None] + dims[None, :], mask=kv_mask, other=0.0)
-        scores = tl.dot(query, tl.trans(key), input_precision=DOT_PRECISION) * scale_log2
+        # Causal: position 0 is visible to every row, so each row sees a key in tile one.
         visible = token_mask[None, :] & (tokens[None, :] <= query_positions[:, None])
-        scores = tl.where(visible, scores, float("-inf"))  # (rows, tokens)
-        # Position 0 is visible to every row, so each row's max is finite from tile one on.
-        new_max = tl.maximum(row_max, tl.max(scores, 1))
-        correction = tl.exp2(row_max - new_max)
-        probs = tl.exp2(scores - new_max[:, None])
-        row_sum = row_sum * correction + tl.sum(probs, 1)
-        value = tl.load(v_cache_ptr + slots[:, None] + dims[None, :], mask=kv_mask, other=0.0)
-        acc = acc * correction[:, None] + tl.dot(
-            probs.to(value.dtype), value, input_precision=DOT_PRECISION
+        acc, row_max, row_sum = attend_kv_tile(
+            query,
+            acc,
+            row_max,
+            row_sum,
+            k_cache_ptr,
+            v_cache_ptr,
+            table_row,
+            kv_head,
+            tokens,
+            token_mask,
+            visible,
+            dims,
+            dim_mask,
+            scale_log2,
+            stride_cache_block,
+            stride_cache_slot,
+            stride_cache_head,
+            BLOCK_SIZE=BLOCK_SIZE,
+            DOT_PRECISION=DOT_PRECISION,
         )
-        row_max = new_max
 
     out = acc / row_sum[:, None]
     tl.store(

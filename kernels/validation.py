@@ -27,6 +27,18 @@ def check_runnable(tensor: torch.Tensor, name: str, interpreted: bool) -> None:
     )
 
 
+def check_like(tensor: torch.Tensor, name: str, like: torch.Tensor, like_name: str) -> None:
+    """Same dtype and device as `like`."""
+    require(
+        tensor.dtype == like.dtype,
+        f"{name} dtype must equal {like_name} ({like.dtype}), got {tensor.dtype}",
+    )
+    require(
+        tensor.device == like.device,
+        f"{name} must be on {like_name} device ({like.device}), got {tensor.device}",
+    )
+
+
 def check_paged_cache(k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[int, int, int, int]:
     """Returns (num_blocks, block_size, num_kv_heads, head_dim)."""
     require(
@@ -42,14 +54,7 @@ def check_paged_cache(k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[int
         k_cache.dtype in FLOAT_DTYPES,
         f"k_cache dtype must be one of {FLOAT_DTYPES}, got {k_cache.dtype}",
     )
-    require(
-        v_cache.dtype == k_cache.dtype,
-        f"v_cache dtype must equal k_cache's ({k_cache.dtype}), got {v_cache.dtype}",
-    )
-    require(
-        v_cache.device == k_cache.device,
-        f"v_cache must be on k_cache's device ({k_cache.device}), got {v_cache.device}",
-    )
+    check_like(v_cache, "v_cache", k_cache, "k_cache's")
     require(
         k_cache.stride() == v_cache.stride(),
         f"k_cache and v_cache must share strides, got {k_cache.stride()} and {v_cache.stride()}",
@@ -82,14 +87,7 @@ def check_tokens(
             tensor.shape[1] == num_heads,
             f"{name} must have {num_heads} heads, got {tensor.shape[1]}",
         )
-    require(
-        tensor.dtype == like.dtype,
-        f"{name} dtype must equal the cache's ({like.dtype}), got {tensor.dtype}",
-    )
-    require(
-        tensor.device == like.device,
-        f"{name} must be on the cache's device ({like.device}), got {tensor.device}",
-    )
+    check_like(tensor, name, like, "the cache's")
     require(tensor.stride(2) == 1, f"{name} head_dim stride must be 1, got {tensor.stride(2)}")
 
 

@@ -7,11 +7,14 @@ them. With CUDA present the same tests run the compiled kernels on the GPU inste
 
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import dataclass
 
 import pytest
 import torch
+
+from kernels import reference  # pure torch: importing it never decorates a kernel
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -48,6 +51,90 @@ class PagedBatch:
             "k_cache": self.k_cache.float(),
             "v_cache": self.v_cache.float(),
         }
+
+    # Kernels are imported inside the methods: after TRITON_INTERPRET is set above.
+    def decode(self, **options) -> torch.Tensor:
+        """The decode kernel (every sequence has one new token) into a poisoned out."""
+        from kernels.decode_attention import paged_decode_attention
+
+        out = self.poisoned_out()
+        returned = paged_decode_attention(
+            self.query,
+            self.k_cache,
+            self.v_cache,
+            self.block_tables,
+            self.context_lens,
+            max(self.context_lens_host),
+            self.scale,
+            out=out,
+            **options,
+        )
+        assert returned is out
+        return out
+
+    def prefill(self, **options) -> torch.Tensor:
+        """The prefill/extend kernel over every sequence into a poisoned out."""
+        from kernels.prefill_attention import paged_prefill_attention
+
+        out = self.poisoned_out()
+        paged_prefill_attention(
+            self.query,
+            self.k_cache,
+            self.v_cache,
+            self.block_tables,
+            self.query_start_loc,
+            self.context_lens,
+            self.max_query_len,
+            self.scale,
+            out=out,
+            **options,
+        )
+        return out
+
+    def mixed(self, num_decode_seqs: int, **options) -> torch.Tensor:
+        """kernels.paged_attention (decodes first, then chunks) into a poisoned out."""
+        from kernels.paged_attention import paged_attention
+
+        out = self.poisoned_out()
+        paged_attention(
+            self.query,
+            self.k_cache,
+            self.v_cache,
+            self.block_tables,
+            self.query_start_loc,
+            self.context_lens,
+            self.context_lens_host,
+            num_decode_seqs,
+            self.max_query_len,
+            self.scale,
+            out=out,
+            **options,
+        )
+        return out
+
+    def reference_decode(self) -> torch.Tensor:
+        return reference.paged_decode_attention(
+            **self.upcast(),
+            block_tables=self.block_tables,
+            context_lens=self.context_lens,
+            max_context_len=max(self.context_lens_host),
+            scale=self.scale,
+        )
+
+    def reference_mixed(self, num_decode_seqs: int) -> torch.Tensor:
+        return reference.paged_attention(
+            **self.upcast(),
+            block_tables=self.block_tables,
+            query_start_loc=self.query_start_loc_host,
+            context_lens=self.context_lens_host,
+            num_decode_seqs=num_decode_seqs,
+            scale=self.scale,
+        )
+
+    @property
+    def max_query_len(self) -> int:
+        starts = self.query_start_loc_host
+        return max(end - start for start, end in itertools.pairwise(starts))
 
 
 def make_paged_batch(

@@ -6,43 +6,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import reference
 from kernels.decode_attention import paged_decode_attention
-from kernels.tiling import DecodeTiles
+from kernels.tiling import DecodeTiles, padded_head_dim
 from kernels.validation import KernelInputError
 
 # Length 1, mid-block, exactly one block, one past a block, several blocks ending mid-block.
 CONTEXT_LENS = [1, 6, 16, 17, 45]
 
 
-def run_decode(batch, **options) -> tuple[torch.Tensor, torch.Tensor]:
-    out = batch.poisoned_out()
-    returned = paged_decode_attention(
-        batch.query,
-        batch.k_cache,
-        batch.v_cache,
-        batch.block_tables,
-        batch.context_lens,
-        max(batch.context_lens_host),
-        batch.scale,
-        out=out,
-        **options,
-    )
-    assert returned is out
-    ref = reference.paged_decode_attention(
-        **batch.upcast(),
-        block_tables=batch.block_tables,
-        context_lens=batch.context_lens,
-        max_context_len=max(batch.context_lens_host),
-        scale=batch.scale,
-    )
-    return out, ref
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize(
     ("query_group_size", "head_dim", "block_size", "num_splits"),
-    [(1, 64, 16, 1), (2, 64, 8, 2), (4, 64, 16, 3), (8, 64, 8, 1), (4, 128, 16, 2)],
+    [(1, 64, 16, 1), (2, 64, 8, 2), (4, 64, 16, 3), (8, 64, 8, 1), (4, 128, 16, 2), (2, 96, 8, 2)],
 )
 def test_decode_matches_reference(
     paged_batch, check_close, dtype, query_group_size, head_dim, block_size, num_splits
@@ -51,9 +26,8 @@ def test_decode_matches_reference(
         CONTEXT_LENS, [1] * 5, 2, query_group_size, head_dim, block_size, dtype, seed=7
     )
     # 16-token tiles so that several splits hold tokens even at these short lengths.
-    tiles = DecodeTiles(head_dim=head_dim, group=16, tokens=16, num_warps=4)
-    out, ref = run_decode(batch, num_splits=num_splits, tiles=tiles)
-    check_close(out, ref, dtype)
+    tiles = DecodeTiles(head_dim=padded_head_dim(head_dim), group=16, tokens=16, num_warps=4)
+    check_close(batch.decode(num_splits=num_splits, tiles=tiles), batch.reference_decode(), dtype)
 
 
 @pytest.mark.parametrize("num_splits", [2, 4, 5])
@@ -61,14 +35,13 @@ def test_decode_split_counts(paged_batch, check_close, num_splits):
     """More splits than some sequences have tiles: empty splits must not disturb the combine."""
     batch = paged_batch(CONTEXT_LENS, [1] * 5, 1, 2, 64, 16, torch.float32, seed=num_splits)
     tiles = DecodeTiles(head_dim=64, group=16, tokens=16, num_warps=4)
-    out, ref = run_decode(batch, num_splits=num_splits, tiles=tiles)
-    check_close(out, ref, torch.float32)
+    out = batch.decode(num_splits=num_splits, tiles=tiles)
+    check_close(out, batch.reference_decode(), torch.float32)
 
 
 def test_decode_default_tiles_and_splits(paged_batch, check_close):
     batch = paged_batch([3, 70], [1, 1], 2, 4, 64, 16, torch.float16, seed=3)
-    out, ref = run_decode(batch)
-    check_close(out, ref, torch.float16)
+    check_close(batch.decode(), batch.reference_decode(), torch.float16)
 
 
 def test_decode_rejects_query_heads_not_multiple_of_kv_heads(paged_batch):
