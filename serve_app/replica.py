@@ -27,24 +27,35 @@ class ModelReplica:
         self.engine = AsyncEngine(config.engine, stall_timeout_s=config.replica.stall_timeout_s)
         self.metrics = ReplicaMetrics.create()
         self._metrics_task: asyncio.Task | None = None
+        self.num_cancelled_streams = 0  # callers that left before their request finished
 
     async def generate(
         self, prompt_ids: list[int], params: SamplingParams, request_id: str
     ) -> AsyncIterator[TokenChunk]:
         self._start_metrics()
-        async for output in self.engine.generate(prompt_ids, params, request_id):
-            yield TokenChunk(
-                token_ids=output.new_token_ids,
-                finished=output.finished,
-                finish_reason=output.finish_reason,
-                num_prompt_tokens=output.num_prompt_tokens,
-                num_output_tokens=output.num_output_tokens,
-                logprobs=output.new_logprobs,
-            )
+        finished = False
+        try:
+            async for output in self.engine.generate(prompt_ids, params, request_id):
+                finished = output.finished
+                yield TokenChunk(
+                    token_ids=output.new_token_ids,
+                    finished=output.finished,
+                    finish_reason=output.finish_reason,
+                    num_prompt_tokens=output.num_prompt_tokens,
+                    num_output_tokens=output.num_output_tokens,
+                    logprobs=output.new_logprobs,
+                )
+        finally:
+            if not finished:
+                self.num_cancelled_streams += 1
 
     async def stats(self) -> dict:
         """Engine counters (running/waiting requests, KV blocks) plus open streams."""
-        return {**asdict(self.engine.stats()), "num_active_streams": self.engine.num_active_streams}
+        return {
+            **asdict(self.engine.stats()),
+            "num_active_streams": self.engine.num_active_streams,
+            "num_cancelled_streams": self.num_cancelled_streams,
+        }
 
     async def check_health(self) -> None:
         """Called by Serve; raising marks the replica unhealthy and gets it replaced."""

@@ -158,4 +158,9 @@ class ResponseBuilder:
         }
 
     def _token_text(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id], skip_special_tokens=False)
+        """The token's text, or `token_id:<id>` where that text is not a whole character
+        (part of a UTF-8 sequence, or an id the tokenizer lacks), so names stay unique."""
+        text = self.tokenizer.decode([token_id], skip_special_tokens=False)
+        if not text or "\ufffd" in text:
+            return f"token_id:{token_id}"
+        return text

@@ -15,7 +15,7 @@ import pytest
 
 API_KEY = "test-key-1"
 MAX_ONGOING = 4
-MAX_QUEUED = 2
+MAX_QUEUED = 8
 APP_NAME = "llm"
 
 
@@ -55,6 +55,7 @@ def app_args(keys_file: Path) -> dict:
             "max_prompt_tokens": 256,
             "max_tokens": 512,
             "max_body_bytes": 64 * 1024,
+            "max_choices": 4,
             "retry_after_s": 2,
         },
         "auth": {"api_keys_env": None, "api_keys_file": str(keys_file)},
