@@ -40,12 +40,14 @@ def gather_kv(
     Returns (num_seqs, num_kv_heads, max_context_len, head_dim); positions past a
     sequence's own length hold whatever the blocks held and must be masked.
     """
+    num_seqs = block_tables.shape[0]
     block_size = cache.shape[1]
     num_blocks_needed = -(-max_context_len // block_size)
-    blocks = cache[block_tables[:, :num_blocks_needed].long()]
-    # (num_seqs, blocks, block_size, kv_heads, head_dim) -> (num_seqs, tokens, kv_heads, head_dim)
-    tokens = blocks.flatten(1, 2)[:, :max_context_len]
-    return tokens.transpose(1, 2)
+    block_ids = block_tables[:, :num_blocks_needed].reshape(-1).long()
+    # index_select copies whole contiguous blocks: much faster than advanced indexing.
+    blocks = cache.index_select(0, block_ids)  # (num_seqs * blocks, block_size, kv_heads, dim)
+    tokens = blocks.view(num_seqs, num_blocks_needed * block_size, *cache.shape[2:])
+    return tokens[:, :max_context_len].transpose(1, 2)  # (num_seqs, kv_heads, tokens, dim)
 
 
 def paged_decode_attention(

@@ -1,0 +1,224 @@
+"""Offline throughput of the engine against transformers `generate`, and against the FLOP
+ceiling of this machine. Prints a table; `make bench` runs it with the defaults.
+
+Workload: 128 requests, prompts 16-256 tokens, outputs 16-128 tokens (ignore_eos), random
+token ids, the `bench` preset (about 56M parameters), float32.
+Systems: (a) transformers generate one request at a time, (b) transformers generate in
+static left-padded batches of 16, (c) our engine with every request submitted at once.
+Ceiling: the workload's matmul FLOPs (2 x non-embedding parameters per prompt and output
+token, plus the LM head once per output token) over this machine's float32 matmul rate,
+measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+
+from serve_app.engine.config import EngineConfig
+from serve_app.engine.engine import LLMEngine
+from serve_app.engine.sampling_params import SamplingParams
+from serve_app.engine.tiny import resolve_model_dir
+
+
+@dataclass
+class Workload:
+    prompts: list[list[int]]
+    output_lens: list[int]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return sum(self.output_lens)
+
+    def subset(self, count: int) -> Workload:
+        return Workload(self.prompts[:count], self.output_lens[:count])
+
+
+@dataclass
+class Result:
+    system: str
+    requests: int
+    output_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.output_tokens / self.seconds
+
+
+def make_workload(num_requests: int, vocab: int, seed: int) -> Workload:
+    rng = random.Random(seed)
+    prompts = [
+        [rng.randrange(3, vocab) for _ in range(rng.randint(16, 256))] for _ in range(num_requests)
+    ]
+    return Workload(prompts, [rng.randint(16, 128) for _ in range(num_requests)])
+
+
+def measure_matmul_flops(seconds: float = 2.0, size: int = 1024) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        runs += 1
+    return 2 * size**3 * runs / (time.perf_counter() - started)
+
+
+def workload_flops(model: torch.nn.Module, workload: Workload) -> float:
+    embed = model.get_input_embeddings().weight.numel()
+    head = model.get_output_embeddings().weight.numel()
+    body = sum(p.numel() for p in model.parameters()) - embed - head
+    tokens = sum(len(p) for p in workload.prompts) + workload.num_output_tokens
+    return 2.0 * body * tokens + 2.0 * head * workload.num_output_tokens
+
+
+def run_engine(model: str, workload: Workload, tp: int, max_num_batched_tokens: int) -> Result:
+    engine = LLMEngine(
+        EngineConfig(
+            model=model,
+            dtype="float32",
+            device="cpu",
+            tensor_parallel_size=tp,
+            max_num_seqs=len(workload.prompts),
+            max_num_batched_tokens=max_num_batched_tokens,
+            max_model_len=512,
+            kv_cache_memory_bytes=1 << 30,
+        )
+    )
+    params = [
+        SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True) for n in workload.output_lens
+    ]
+    engine.generate(workload.prompts[:2], params[:2])  # warm-up
+    started = time.perf_counter()
+    outputs = engine.generate(workload.prompts, params)
+    seconds = time.perf_counter() - started
+    engine.shutdown()
+    assert [len(o) for o in outputs] == workload.output_lens
+    return Result(f"(c) engine tp={tp}", len(outputs), workload.num_output_tokens, seconds)
+
+
+def run_hf_one_at_a_time(hf_model, workload: Workload) -> Result:
+    started = time.perf_counter()
+    for prompt, output_len in zip(workload.prompts, workload.output_lens, strict=True):
+        hf_model.generate(
+            torch.tensor([prompt]),
+            max_new_tokens=output_len,
+            min_new_tokens=output_len,
+            do_sample=False,
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        )
+    return Result(
+        "(a) HF generate, 1 at a time",
+        len(workload.prompts),
+        workload.num_output_tokens,
+        time.perf_counter() - started,
+    )
+
+
+def run_hf_static_batches(hf_model, workload: Workload, batch_size: int) -> Result:
+    """Left-padded batches; each runs to its longest output. Only requested tokens count."""
+    started = time.perf_counter()
+    for start in range(0, len(workload.prompts), batch_size):
+        prompts = workload.prompts[start : start + batch_size]
+        longest = max(len(p) for p in prompts)
+        ids = torch.tensor([[0] * (longest - len(p)) + p for p in prompts])
+        mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts])
+        new_tokens = max(workload.output_lens[start : start + batch_size])
+        hf_model.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    return Result(
+        f"(b) HF generate, static batches of {batch_size}",
+        len(workload.prompts),
+        workload.num_output_tokens,
+        time.perf_counter() - started,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="bench")
+    parser.add_argument("--num-requests", type=int, default=128)
+    parser.add_argument(
+        "--tp",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="tensor-parallel sizes to run the engine at, e.g. --tp 1 2",
+    )
+    parser.add_argument(
+        "--hf-single-requests",
+        type=int,
+        default=8,
+        help="requests run one at a time for (a) (a sample: it is slow)",
+    )
+    parser.add_argument(
+        "--hf-batched-requests",
+        type=int,
+        default=128,
+        help="requests run in static batches for (b)",
+    )
+    parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    from transformers import AutoModelForCausalLM
+
+    model_dir = resolve_model_dir(args.model)
+    hf_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    hf_model.generation_config.eos_token_id = None
+    workload = make_workload(args.num_requests, hf_model.config.vocab_size, args.seed)
+    torch.manual_seed(args.seed)
+
+    matmul_rate = measure_matmul_flops()
+    results: list[Result] = []
+    if not args.skip_hf:
+        with torch.inference_mode():
+            results.append(run_hf_one_at_a_time(hf_model, workload.subset(args.hf_single_requests)))
+            results.append(
+                run_hf_static_batches(hf_model, workload.subset(args.hf_batched_requests), 16)
+            )
+    engine_results = [
+        run_engine(str(model_dir), workload, tp, args.max_num_batched_tokens) for tp in args.tp
+    ]
+    results += engine_results
+
+    ceiling_seconds = workload_flops(hf_model, workload) / matmul_rate
+    ceiling = Result(
+        "ceiling (matmul FLOPs / peak)",
+        len(workload.prompts),
+        workload.num_output_tokens,
+        ceiling_seconds,
+    )
+    print(
+        f"\nmodel={args.model} float32, {torch.get_num_threads()} threads, "
+        f"{len(workload.prompts)} requests, {workload.num_output_tokens} output tokens, "
+        f"float32 matmul rate {matmul_rate / 1e9:.1f} GFLOP/s"
+    )
+    print(f"{'system':<38} {'requests':>8} {'out tok':>8} {'seconds':>8} {'tok/s':>8}")
+    for result in [*results, ceiling]:
+        print(
+            f"{result.system:<38} {result.requests:>8} {result.output_tokens:>8} "
+            f"{result.seconds:>8.2f} {result.tokens_per_s:>8.1f}"
+        )
+    for engine_result in engine_results:
+        print(f"\n{engine_result.system}:")
+        for other in [*results, ceiling]:
+            if other is not engine_result:
+                ratio = engine_result.tokens_per_s / other.tokens_per_s
+                print(f"  vs {other.system:<36} {ratio:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()
