@@ -121,3 +121,6 @@ class TensorParallelGroup:
         self._closed = True
         with contextlib.suppress(RuntimeError):  # a peer already gone: nothing left to close
             self._backend.shutdown()
+        # Drop the last references: rank 0's store closes its listening port with them.
+        self._backend = None
+        self._store = None

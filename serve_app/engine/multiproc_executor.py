@@ -129,36 +129,45 @@ class MultiprocessExecutor:
 
     # ---- steps ------------------------------------------------------------------------
     def execute(self, model_input: ModelInput) -> torch.Tensor | None:
-        self.check_health()
+        if self._closed and self._failure is None:
+            raise TensorParallelError("the tensor-parallel executor has been shut down")
         try:
+            self.check_health()
             self._send_all("execute", model_input)
             with intra_op_threads(self.threads_per_rank):
                 return self.driver.execute(model_input)
         except Exception as error:
-            # Whatever broke, the ranks are out of step now: nothing can run any more.
-            raise self._fail(f"a tensor-parallel step failed on rank 0: {error}") from error
+            # Whatever broke, the ranks are out of step now. Stopping them happens here, in
+            # the thread that drives the group, never from a health check.
+            raise self._fail(f"a tensor-parallel step failed on rank 0: {error!r}") from error
 
     def check_health(self) -> None:
-        """Raise TensorParallelError if any rank is dead or the executor has shut down."""
+        """Raise TensorParallelError if any rank is dead or the executor has shut down.
+        Safe from any thread: it only looks."""
         if self._failure is not None:
             raise TensorParallelError(self._failure)
         if self._closed:
             raise TensorParallelError("the tensor-parallel executor has been shut down")
         for rank, process in enumerate(self.processes, start=1):
             if not process.is_alive():
-                raise self._fail(describe_dead_worker(rank, process))
+                self._failure = describe_dead_worker(rank, process)
+                raise TensorParallelError(self._failure)
 
     def _fail(self, fallback: str) -> TensorParallelError:
-        """Name the rank that died (waiting briefly for its exit), shut down, return the error."""
+        """Name the ranks that died (waiting briefly for their exit) and what they reported,
+        shut everything down, and return the error to raise."""
         if self._failure is None:
             sentinels = [process.sentinel for process in self.processes]
             multiprocessing.connection.wait(sentinels, DEATH_GRACE_S)
             dead = [
-                describe_dead_worker(rank, process, self._conns[rank - 1])
+                describe_dead_worker(rank, process)
                 for rank, process in enumerate(self.processes, start=1)
                 if not process.is_alive()
             ]
             self._failure = "; ".join(dead) if dead else fallback
+        if not self._closed:
+            reports = [report for conn in self._conns if (report := read_worker_error(conn))]
+            self._failure = "\n".join([self._failure, *reports])
         self.shutdown()
         return TensorParallelError(self._failure)
 
@@ -223,9 +232,7 @@ def plan_kv_blocks_over_ranks(
     )
 
 
-def describe_dead_worker(
-    rank: int, process: mp.Process, conn: multiprocessing.connection.Connection | None = None
-) -> str:
+def describe_dead_worker(rank: int, process: mp.Process) -> str:
     process.join(DEATH_GRACE_S)  # its pipes close a moment before its exit code is known
     code = process.exitcode
     how = (
@@ -233,15 +240,19 @@ def describe_dead_worker(
         if code is not None and code < 0
         else f"exited with code {code}"
     )
-    message = f"tensor-parallel worker rank {rank} (pid {process.pid}) {how}"
+    return f"tensor-parallel worker rank {rank} (pid {process.pid}) {how}"
+
+
+def read_worker_error(conn: multiprocessing.connection.Connection) -> str | None:
+    """The traceback a failed worker left on its pipe, if it managed to send one."""
     try:
-        if conn is not None and conn.poll():
+        while conn.poll():
             kind, value = conn.recv()
             if kind == "error":
-                message += f":\n{value}"
+                return value
     except (OSError, EOFError):
         pass  # it died before it could say why
-    return message
+    return None
 
 
 def run_worker_process(

@@ -179,6 +179,22 @@ def test_killed_worker_fails_fast_with_a_clear_error_and_releases_resources() ->
     assert multiprocessing.active_children() == []
 
 
+@pytest.mark.timeout(60)
+def test_a_worker_that_raises_reports_its_traceback_to_the_engine() -> None:
+    engine = LLMEngine(TP2_TINY)
+    executor = engine.executor
+    executor._send_all("allocate_kv_cache", -1)  # only rank 1 is told: only rank 1 fails
+    with pytest.raises(TensorParallelError) as error:
+        engine.generate([[1, 2, 3]], GREEDY)
+    message = str(error.value)
+    assert "tensor-parallel worker rank 1" in message and "exited with code 1" in message
+    assert "allocate_kv_cache" in message  # the worker's own traceback came back
+    assert not executor.processes[0].is_alive()
+    with pytest.raises(TensorParallelError, match="exited with code 1"):
+        engine.generate([[1, 2, 3]], GREEDY)  # stays failed, fails at once
+    engine.shutdown()
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(90)
 def test_two_tp_engines_live_side_by_side_in_one_process() -> None:
