@@ -22,7 +22,7 @@ except ImportError as error:  # pragma: no cover - triton ships with Linux torch
     ) from error
 
 
-class PagedBatch(Protocol):
+class PagedAttentionInputs(Protocol):
     """The fields of the engine's AttentionMetadata that the kernels read."""
 
     slot_mapping: torch.Tensor
@@ -48,7 +48,7 @@ class TritonAttentionBackend:
         value: torch.Tensor,
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
-        metadata: PagedBatch,
+        metadata: PagedAttentionInputs,
     ) -> None:
         store_kv(key, value, k_cache, v_cache, metadata.slot_mapping)
 
@@ -57,7 +57,7 @@ class TritonAttentionBackend:
         query: torch.Tensor,  # (tokens, heads, head_dim)
         k_cache: torch.Tensor,
         v_cache: torch.Tensor,
-        metadata: PagedBatch,
+        metadata: PagedAttentionInputs,
         scale: float,
     ) -> torch.Tensor:
         return paged_attention(
