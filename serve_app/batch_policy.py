@@ -96,7 +96,8 @@ class BatchDecision:
     """What to do now: forward `batch_size` of the oldest requests, or wait.
 
     `batch_size == 0` means wait: until the next arrival, or at most `wait_s` seconds
-    (None: nothing is waiting, so only an arrival matters), then ask again.
+    (None: nothing is waiting, so only an arrival matters), then ask again. After a flush,
+    ask again at once: more than `max_batch_size` requests may have been waiting.
     """
 
     batch_size: int
