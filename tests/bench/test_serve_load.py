@@ -19,7 +19,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from bench.serve_load import main, make_workload, poisson_send_times
+from bench.serve_load import main, make_workload, parse_args, poisson_send_times
 
 FIRST_TOKEN_DELAY_S = 0.15
 TOKEN_GAP_S = 0.03
@@ -132,3 +132,24 @@ def test_workload_and_arrivals_are_seeded() -> None:
     offsets = poisson_send_times(4000, rate_per_s=20.0, seed=0)
     assert offsets[0] == 0.0 and offsets == sorted(offsets)
     assert offsets[-1] / len(offsets) == pytest.approx(1 / 20.0, rel=0.05)  # mean gap
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--rate", "0"], "--rate must be > 0"),
+        (["--concurrency", "0"], "--concurrency must be >= 1"),
+        (["--prompt-len-range", "9", "3"], "--prompt-len-range must be MIN MAX"),
+        (["--num-requests", "0"], "--num-requests must be >= 1"),
+        (["--rate", "2", "--concurrency", "2"], "not allowed with argument"),
+    ],
+)
+def test_bad_arguments_are_refused_by_name(argv: list[str], message: str, capsys) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_default_mode_is_four_closed_loop_clients() -> None:
+    args = parse_args([])
+    assert (args.rate, args.concurrency) == (None, 4)
