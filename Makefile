@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m serve_app.engine.cli generate --prompt "Hello, world" --max-tokens 32
+	$(BIN)/serve run deployments/dev.yaml
 
 test: $(STAMP)
 	$(BIN)/ruff format --check .
