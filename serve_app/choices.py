@@ -110,6 +110,9 @@ def _sampling_params(
             presence_penalty=request.presence_penalty,
             frequency_penalty=request.frequency_penalty,
             seed=seed,
+            stop_token_ids=list(request.stop_token_ids),
+            min_tokens=request.min_tokens,
+            ignore_eos=request.ignore_eos,
             logprobs=num_logprobs,
         )
     except SamplingParamsError as error:

@@ -39,6 +39,10 @@ class _SamplingFields(BaseModel):
     seed: int | None = Field(None, ge=0, lt=2**63)
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1)
+    # Extensions, as vLLM names them (fixed-length outputs for tests and benchmarks).
+    min_tokens: int = Field(0, ge=0)
+    ignore_eos: bool = False
+    stop_token_ids: list[int] = Field(default_factory=list)
     stream: bool = False
     stream_options: StreamOptions | None = None
     user: str | None = None

@@ -53,7 +53,7 @@ def app_args(keys_file: Path) -> dict:
         "ingress": {"num_cpus": 0.1},
         "limits": {
             "max_prompt_tokens": 256,
-            "max_tokens": 512,
+            "max_tokens": 2000,
             "max_body_bytes": 64 * 1024,
             "max_choices": 4,
             "retry_after_s": 2,

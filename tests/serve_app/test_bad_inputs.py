@@ -46,12 +46,13 @@ def assert_still_serving(http: httpx.Client) -> None:
         ({**VALID, "prompt": "x" * 300}, "prompt"),  # over max_prompt_tokens (256)
         ({**VALID, "max_tokens": 0}, "max_tokens"),
         ({**VALID, "max_tokens": -3}, "max_tokens"),
-        ({**VALID, "max_tokens": 513}, "max_tokens"),  # over limits.max_tokens (512)
+        ({**VALID, "max_tokens": 2001}, "max_tokens"),  # over limits.max_tokens (2000)
         ({**VALID, "temperature": -0.5}, "temperature"),
         ({**VALID, "top_p": 0}, "top_p"),
         ({**VALID, "top_p": 1.5}, "top_p"),
         ({**VALID, "n": 0}, "n"),
         ({**VALID, "stop": [""]}, "stop"),
+        ({**VALID, "min_tokens": 3}, "min_tokens"),  # more than max_tokens (2)
         ({**VALID, "prompt": [1, 2, 99999]}, None),  # token id outside the vocabulary
     ],
 )

@@ -81,7 +81,13 @@ def wait_for_idle(replica_handle, timeout_s: float = 30.0) -> dict:
 
 def test_disconnect_mid_stream_frees_the_replica(live_app, replica_handle):
     before = wait_for_idle(replica_handle)
-    body = {"model": "tiny", "prompt": "a long story", "max_tokens": 500, "stream": True}
+    body = {
+        "model": "tiny",
+        "prompt": "a long story",
+        "max_tokens": 2000,
+        "ignore_eos": True,  # seconds of work, so the disconnect comes first
+        "stream": True,
+    }
     with (
         httpx.Client(base_url=live_app.base_url, headers=live_app.headers(), timeout=60) as http,
         http.stream("POST", "/v1/completions", json=body) as response,
@@ -93,7 +99,7 @@ def test_disconnect_mid_stream_frees_the_replica(live_app, replica_handle):
         during = replica_handle.stats.remote().result()
         assert during["num_running"] == 1
         assert during["num_used_kv_blocks"] > 0
-    # The client has closed the connection after a few chunks of a 500-token request.
+    # The client has closed the connection after a few chunks of a 2000-token request.
     after = wait_for_idle(replica_handle)
     assert after["num_running"] == 0
     assert after["num_used_kv_blocks"] == 0
@@ -103,9 +109,9 @@ def test_disconnect_mid_stream_frees_the_replica(live_app, replica_handle):
 
 def test_timed_out_non_streaming_request_is_aborted(live_app, replica_handle):
     before = wait_for_idle(replica_handle)
-    body = {"model": "tiny", "prompt": "another long story", "max_tokens": 500}
+    body = {"model": "tiny", "prompt": "more", "max_tokens": 2000, "ignore_eos": True}
     with (
-        httpx.Client(base_url=live_app.base_url, headers=live_app.headers(), timeout=1.5) as http,
+        httpx.Client(base_url=live_app.base_url, headers=live_app.headers(), timeout=1.0) as http,
         pytest.raises(httpx.ReadTimeout),
     ):
         http.post("/v1/completions", json=body)
