@@ -7,6 +7,11 @@ runs its own forward; workers never answer a step (the collectives inside the la
 the ranks in lock-step). A watcher thread notices a worker that dies; a dead peer also
 breaks the driver's next collective at once, and either way the executor shuts everything
 down and raises TensorParallelError instead of hanging.
+
+Workers come from multiprocessing's fork server, started once per process with the model
+stack imported: a TP engine after the first starts its workers in milliseconds. Workers
+therefore see the environment (CUDA_VISIBLE_DEVICES included) of the moment the fork server
+started, not of the moment a later engine is created.
 """
 
 from __future__ import annotations
