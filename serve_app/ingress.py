@@ -96,14 +96,7 @@ class OpenAIIngress:
         try:
             self.api_keys.check(http_request.headers.get("authorization"))
             body = await self._read_body(http_request)
-            if chat:
-                request = _parse(ChatCompletionRequest, body)
-                prompts = [chat_prompt(request, self.tokenizer)]
-                num_logprobs = request.num_logprobs
-            else:
-                request = _parse(CompletionRequest, body)
-                prompts = completion_prompts(request, self.tokenizer)
-                num_logprobs = request.logprobs
+            request = _parse(ChatCompletionRequest if chat else CompletionRequest, body)
             if request.model != self.model_name:
                 raise APIError(
                     404,
@@ -112,12 +105,18 @@ class OpenAIIngress:
                     param="model",
                     code="model_not_found",
                 )
+            if isinstance(request, ChatCompletionRequest):
+                prompts = [chat_prompt(request, self.tokenizer)]
+                num_logprobs = request.num_logprobs
+            else:
+                prompts = completion_prompts(request, self.tokenizer)
+                num_logprobs = request.logprobs
             response_id = new_id("chatcmpl" if chat else "cmpl")
             choices = build_choices(request, prompts, self.limits, num_logprobs, response_id)
             builder = ResponseBuilder(
                 chat, response_id, self.model_name, now(), self.tokenizer, num_logprobs is not None
             )
-            prompt_tokens = sum(len(p) for p in prompts) * request.n
+            prompt_tokens = sum(len(p) for p in prompts)  # once per prompt, whatever n is
             deltas = merge([generate_choice(self.streamer, self.tokenizer, c) for c in choices])
             if request.stream:
                 first = await self._first(deltas)

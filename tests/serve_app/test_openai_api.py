@@ -166,7 +166,8 @@ def test_several_prompts_and_n_give_indexed_choices(client, engine, tokenizer):
     decoded = [tokenizer.decode(ids, skip_special_tokens=True) for ids in expected]
     assert texts == [decoded[0], decoded[0], decoded[1], decoded[1]]  # choice = prompt * n + j
     assert response.usage.completion_tokens == 2 * sum(len(ids) for ids in expected)
-    assert response.usage.prompt_tokens == 2 * sum(len(p) for p in prompts)
+    # As OpenAI counts: each prompt once, however many choices it has.
+    assert response.usage.prompt_tokens == sum(len(tokenizer.encode(p)) for p in prompts)
 
 
 def test_logprobs_are_returned(client):
