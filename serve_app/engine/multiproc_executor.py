@@ -21,7 +21,6 @@ import multiprocessing.connection
 import pickle
 import signal
 import threading
-import traceback
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,18 +28,18 @@ import torch
 import torch.multiprocessing as mp
 
 from serve_app.engine.config import EngineConfig
-from serve_app.engine.distributed import Rendezvous, backend_for_device, open_rendezvous
+from serve_app.engine.distributed import backend_for_device, open_rendezvous
 from serve_app.engine.executor import plan_num_kv_blocks
 from serve_app.engine.model_input import ModelInput
 from serve_app.engine.model_runner import resolve_device
 from serve_app.engine.worker import KVMemoryReport, TensorParallelWorker
+from serve_app.engine.worker_process import run_worker_process
 
 STARTUP_TIMEOUT_S = 600.0  # loading a large checkpoint on every rank
 REPLY_TIMEOUT_S = 120.0
 DEATH_GRACE_S = 5.0  # after a failed collective, how long to wait for the dead rank's exit
 WATCH_INTERVAL_S = 0.2
-WORKER_METHODS = ("kv_memory", "allocate_kv_cache", "execute")
-WORKER_MODULE = __name__  # what the fork server imports before forking workers
+WORKER_MODULE = "serve_app.engine.worker_process"  # the fork server imports it once
 
 
 class TensorParallelError(RuntimeError):
@@ -54,7 +53,11 @@ class MultiprocessExecutor:
         self.driver: TensorParallelWorker | None = None
         self.processes: list[mp.Process] = []
         self._conns: list[multiprocessing.connection.Connection] = []
-        self._failure: str | None = None
+        self._failure: str | None = None  # the first failure seen; never overwritten
+        # Guards `_failure` and every look at the worker processes: the watcher, health checks
+        # and the engine thread may look at once, and a fork-server child's exit status can be
+        # read only once (a second concurrent reader would see a bogus 255).
+        self._lock = threading.Lock()
         self._closed = False
         self._stop_watching = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -149,30 +152,33 @@ class MultiprocessExecutor:
     def check_health(self) -> None:
         """Raise TensorParallelError if any rank is dead or the executor has shut down.
         Safe from any thread: it only looks."""
-        if self._failure is not None:
-            raise TensorParallelError(self._failure)
-        if self._closed:
-            raise TensorParallelError("the tensor-parallel executor has been shut down")
-        for rank, process in enumerate(self.processes, start=1):
-            if not process.is_alive():
-                self._failure = describe_dead_worker(rank, process)
+        with self._lock:
+            if self._failure is None and not self._closed:
+                for rank, process in enumerate(self.processes, start=1):
+                    if not process.is_alive():
+                        self._failure = describe_dead_worker(rank, process)
+                        break
+            if self._failure is not None:
                 raise TensorParallelError(self._failure)
+            if self._closed:
+                raise TensorParallelError("the tensor-parallel executor has been shut down")
 
     def _fail(self, fallback: str) -> TensorParallelError:
         """Name the ranks that died (waiting briefly for their exit) and what they reported,
         shut everything down, and return the error to raise."""
-        if self._failure is None:
-            sentinels = [process.sentinel for process in self.processes]
-            multiprocessing.connection.wait(sentinels, DEATH_GRACE_S)
-            dead = [
-                describe_dead_worker(rank, process)
-                for rank, process in enumerate(self.processes, start=1)
-                if not process.is_alive()
-            ]
-            self._failure = "; ".join(dead) if dead else fallback
-        if not self._closed:
-            reports = [report for conn in self._conns if (report := read_worker_error(conn))]
-            self._failure = "\n".join([self._failure, *reports])
+        with self._lock:
+            if self._failure is None:
+                sentinels = [process.sentinel for process in self.processes]
+                multiprocessing.connection.wait(sentinels, DEATH_GRACE_S)
+                dead = [
+                    describe_dead_worker(rank, process)
+                    for rank, process in enumerate(self.processes, start=1)
+                    if not process.is_alive()
+                ]
+                self._failure = "; ".join(dead) if dead else fallback
+            if not self._closed:
+                reports = [report for conn in self._conns if (report := read_worker_error(conn))]
+                self._failure = "\n".join([self._failure, *reports])
         self.shutdown()
         return TensorParallelError(self._failure)
 
@@ -182,27 +188,31 @@ class MultiprocessExecutor:
             ready = multiprocessing.connection.wait(list(sentinels), WATCH_INTERVAL_S)
             if ready and not self._stop_watching.is_set():
                 rank = sentinels[ready[0]]
-                self._failure = describe_dead_worker(rank, self.processes[rank - 1])
+                with self._lock:
+                    if self._failure is None:
+                        self._failure = describe_dead_worker(rank, self.processes[rank - 1])
                 self.driver.abort()  # NCCL: unblock a collective that waits on the dead rank
                 return
 
     # ---- shutdown ---------------------------------------------------------------------
     def shutdown(self) -> None:
         """Stop every worker, destroy the group and free the KV cache; safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
         self._stop_watching.set()
         if self._watcher is not None and self._watcher is not threading.current_thread():
             self._watcher.join()
         for conn in self._conns:
             with contextlib.suppress(OSError):  # that worker is already gone
                 conn.send_bytes(pickle.dumps(("shutdown", ())))
-        for process in self.processes:
-            process.join(timeout=DEATH_GRACE_S)
-            if process.is_alive():
-                process.kill()
-                process.join()
+        with self._lock:
+            for process in self.processes:
+                process.join(timeout=DEATH_GRACE_S)
+                if process.is_alive():
+                    process.kill()
+                    process.join()
         for conn in self._conns:
             conn.close()
         if self.driver is not None:
@@ -258,40 +268,3 @@ def read_worker_error(conn: multiprocessing.connection.Connection) -> str | None
     except (OSError, EOFError):
         pass  # it died before it could say why
     return None
-
-
-def run_worker_process(
-    conn: multiprocessing.connection.Connection,
-    config: EngineConfig,
-    model_dir: Path,
-    rank: int,
-    rendezvous: Rendezvous,
-    num_threads: int,
-) -> None:
-    """A worker process's whole life: join, build, then run what the driver sends until it
-    says shutdown or goes away. Any failure is reported on the pipe before exiting."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
-    if num_threads:
-        torch.set_num_threads(num_threads)
-    worker = None
-    try:
-        conn.send(("started", None))
-        worker = TensorParallelWorker(config, model_dir, rank, rendezvous)
-        while True:
-            try:
-                method, args = pickle.loads(conn.recv_bytes())
-            except EOFError:
-                return  # the driver's process is gone
-            if method == "shutdown":
-                return
-            assert method in WORKER_METHODS, method
-            result = getattr(worker, method)(*args)
-            if method != "execute":  # steps are never answered: the collectives pace them
-                conn.send(("ok", result))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            conn.send(("error", traceback.format_exc()))
-        raise SystemExit(1) from None
-    finally:
-        if worker is not None:
-            worker.shutdown()

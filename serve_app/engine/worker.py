@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from serve_app.engine.config import EngineConfig
 from serve_app.engine.distributed import Rendezvous, TensorParallelGroup
@@ -35,13 +36,14 @@ class TensorParallelWorker:
         model_dir: Path,
         rank: int,
         rendezvous: Rendezvous,
-        store=None,  # rank 0 passes the store it opened; others connect to it
-        local_address: str = "127.0.0.1",
+        store: dist.Store | None = None,  # rank 0's own store; other ranks connect to it
+        local_address: str = "127.0.0.1",  # this rank's address, seen by its peers
+        cuda_device_index: int | None = None,  # None: the rank (all ranks on one host)
     ) -> None:
         self.rank = rank
         device = resolve_device(config)
         if device.type == "cuda":
-            torch.cuda.set_device(rank)  # one GPU per rank, in rank order
+            torch.cuda.set_device(rank if cuda_device_index is None else cuda_device_index)
         self.group = TensorParallelGroup(rendezvous, rank, store, local_address)
         ctx = ParallelContext(rank, rendezvous.world_size, self.group)
         try:

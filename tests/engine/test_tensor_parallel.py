@@ -20,9 +20,14 @@ from serve_app.engine.config import ConfigError, EngineConfig
 from serve_app.engine.engine import LLMEngine
 from serve_app.engine.executor import InProcessExecutor, make_executor
 from serve_app.engine.loader import read_architecture
-from serve_app.engine.multiproc_executor import MultiprocessExecutor, TensorParallelError
+from serve_app.engine.multiproc_executor import (
+    MultiprocessExecutor,
+    TensorParallelError,
+    plan_kv_blocks_over_ranks,
+)
 from serve_app.engine.parallel import check_tensor_parallel_sizes
 from serve_app.engine.sampling_params import SamplingParams
+from serve_app.engine.worker import KVMemoryReport
 from tests.engine.checkpoints import VARIANTS, build_checkpoint
 
 GREEDY = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
@@ -130,6 +135,12 @@ def test_kv_head_counts_that_split_or_replicate_are_accepted(tmp_path: Path) -> 
         check_tensor_parallel_sizes(arch, size)
     with pytest.raises(ConfigError, match="num_attention_heads \\(4\\) is not divisible by 8"):
         check_tensor_parallel_sizes(arch, 8)
+
+
+def test_every_rank_gets_the_kv_blocks_of_the_tightest_rank() -> None:
+    config = EngineConfig(block_size=16, max_num_seqs=128)
+    reports = [KVMemoryReport(10_000, 100), KVMemoryReport(5_000, 100), KVMemoryReport(7_000, 100)]
+    assert plan_kv_blocks_over_ranks(reports, config, max_model_len=64) == 50
 
 
 TP2_TINY = EngineConfig(
