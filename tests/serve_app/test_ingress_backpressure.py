@@ -22,7 +22,7 @@ def tight_app(live_app):
     args = {
         **live_app.args,
         "ingress": {"num_cpus": 0.05, "max_ongoing_requests": 1, "max_queued_requests": 1},
-        "replica": {"num_cpus": 0.25},
+        "replica": {"num_cpus": 0.25, "graceful_shutdown_timeout_s": 1},
         "limits": {**live_app.args["limits"], "retry_after_s": 3},
     }
     serve.run(build_app(args), name="tight", route_prefix=ROUTE)

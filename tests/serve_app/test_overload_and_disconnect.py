@@ -48,7 +48,7 @@ def test_flood_gets_successes_or_429_with_retry_after(live_app, replica_handle):
     results = asyncio.run(flood())
     elapsed = time.monotonic() - started
     statuses = [status for status, _ in results]
-    print(f"flood of {num_flood}: {statuses.count(200)} ok, {statuses.count(429)} x 429, {elapsed:.1f}s")
+    print(f"flood {num_flood}: {statuses.count(200)} ok, {statuses.count(429)} 429, {elapsed:.1f}s")
     assert set(statuses) <= {200, 429}, statuses
     assert statuses.count(429) >= 1, "the flood must exceed what the app admits"
     assert statuses.count(200) >= 1
