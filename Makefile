@@ -29,7 +29,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python bench/engine_throughput.py
+	$(BIN)/python -m bench.engine_throughput
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
