@@ -1,7 +1,8 @@
 """Every Prometheus metric of the app, defined once (names are what dashboards query).
 
 Exported through Ray's metrics agent (`ray.serve.metrics`), which adds the deployment,
-replica and application tags. Create them inside a replica (they need a Ray worker).
+replica and application tags and the `ray_` prefix: Prometheus sees `ray_serve_app_requests_total`
+(counters gain `_total`, histograms `_bucket`/`_sum`/`_count`). Create them inside a replica.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ REQUEST_LATENCY_S = "serve_app_request_latency_s"
 TOKENS = "serve_app_tokens"
 RUNNING_REQUESTS = "serve_app_running_requests"
 KV_CACHE_USAGE = "serve_app_kv_cache_usage"
+
+PROMETHEUS_PREFIX = "ray_"  # what Ray's exporter puts before every name
 
 LATENCY_BOUNDARIES_S = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
 

@@ -22,6 +22,7 @@ APP_NAME = "llm"
 @dataclass(frozen=True)
 class LiveApp:
     base_url: str  # http://127.0.0.1:<port>
+    metrics_url: str  # Ray's Prometheus exporter on this node
     api_key: str
     model: str
     args: dict
@@ -71,13 +72,25 @@ def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
 
     keys_file = tmp_path_factory.mktemp("auth") / "keys.txt"
     keys_file.write_text(f"# test keys\n{API_KEY}\nsecond-key\n")
-    port = free_port()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    port, metrics_port = free_port(), free_port()
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _metrics_export_port=metrics_port,
+    )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         args = app_args(keys_file)
         serve.run(build_app(args), name=APP_NAME, route_prefix="/")
-        yield LiveApp(f"http://127.0.0.1:{port}", API_KEY, "tiny", args)
+        yield LiveApp(
+            f"http://127.0.0.1:{port}",
+            f"http://127.0.0.1:{metrics_port}/metrics",
+            API_KEY,
+            "tiny",
+            args,
+        )
     finally:
         serve.shutdown()
         ray.shutdown()
