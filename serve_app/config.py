@@ -53,7 +53,8 @@ class ReplicaSettings(_Section):
     health_check_period_s: float = Field(10.0, gt=0)
     health_check_timeout_s: float = Field(30.0, gt=0)
     graceful_shutdown_timeout_s: float = Field(20.0, ge=0)
-    stall_timeout_s: float = Field(60.0, gt=0)  # engine loop with work but no progress
+    # An engine loop silent this long is unhealthy; its idle loop wakes every second, so >= 2.
+    stall_timeout_s: float = Field(60.0, ge=2.0)
 
 
 class IngressSettings(_Section):

@@ -70,12 +70,12 @@ def test_health_check_fails_when_the_engine_loop_is_dead():
 
 
 def test_health_check_fails_when_the_engine_loop_stalls():
-    replica = make_replica(stall_timeout_s=1.5)
+    replica = make_replica(stall_timeout_s=2.0)
     engine = replica.engine.engine
     real_step = engine.step
 
     def slow_step():
-        time.sleep(3.0)  # one step that hangs (a stuck kernel, a dead TP peer)
+        time.sleep(4.0)  # one step that hangs (a stuck kernel, a dead TP peer)
         return real_step()
 
     engine.step = slow_step
@@ -83,7 +83,7 @@ def test_health_check_fails_when_the_engine_loop_stalls():
     async def run():
         stream = replica.generate(PROMPT, SamplingParams(max_tokens=1), "r1")
         consumer = asyncio.create_task(anext(stream))
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(3.0)
         with pytest.raises(EngineDeadError, match="no progress"):
             await replica.check_health()
         await consumer  # the step finishes; the loop recovers
