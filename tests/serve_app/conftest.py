@@ -75,7 +75,8 @@ def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
     port, metrics_port = free_port(), free_port()
     ray.init(
         address="local",
-        num_cpus=2,
+        num_cpus=4,  # logical CPUs: room for extra test apps beside the shared one
+        object_store_memory=256 * 2**20,  # tests move token ids, not tensors
         include_dashboard=False,
         log_to_driver=False,
         _metrics_export_port=metrics_port,
