@@ -2,8 +2,10 @@
 
 It sees token ids only (the ingress tokenizes). `generate` yields one TokenChunk per engine
 step; when the caller cancels, Serve cancels this generator, and leaving the AsyncEngine
-stream early aborts the request and frees its KV blocks. Deployment options (replicas,
-resources, limits, health-check timeouts) are applied by `serve_app.app.build_app`.
+stream early aborts the request and frees its KV blocks. `generate_batch` is the
+micro-batcher's call: many requests in one stream (serve_app/replica_batch.py), single ones
+aborted through this replica's AbortChannel (serve_app/abort_channel.py). Deployment
+options (replicas, resources, limits, health-check timeouts) come from `serve_app.app`.
 """
 
 from __future__ import annotations
@@ -11,12 +13,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import asdict
 
+import ray
+
+from serve_app.abort_channel import AbortListener
+from serve_app.batch_messages import BatchRequest, BatchStart, TaggedChunk
 from serve_app.config import AppConfig
 from serve_app.engine.async_engine import AsyncEngine
 from serve_app.engine.sampling_params import SamplingParams
 from serve_app.metrics import ReplicaMetrics
+from serve_app.replica_batch import BatchRunner, chunk_from_output
 from serve_app.token_stream import TokenChunk
 
 METRICS_PERIOD_S = 1.0
@@ -28,6 +36,8 @@ class ModelReplica:
         self.metrics = ReplicaMetrics.create()
         self._metrics_task: asyncio.Task | None = None
         self.num_cancelled_streams = 0  # callers that left before their request finished
+        self.batches = BatchRunner(self.engine, on_cancelled=self._count_cancelled)
+        self._abort_listener: AbortListener | None = None
 
     async def generate(
         self, prompt_ids: list[int], params: SamplingParams, request_id: str
@@ -37,17 +47,28 @@ class ModelReplica:
         try:
             async for output in self.engine.generate(prompt_ids, params, request_id):
                 finished = output.finished
-                yield TokenChunk(
-                    token_ids=output.new_token_ids,
-                    finished=output.finished,
-                    finish_reason=output.finish_reason,
-                    num_prompt_tokens=output.num_prompt_tokens,
-                    num_output_tokens=output.num_output_tokens,
-                    logprobs=output.new_logprobs,
-                )
+                yield chunk_from_output(output)
         finally:
             if not finished:
-                self.num_cancelled_streams += 1
+                self._count_cancelled()
+
+    async def generate_batch(
+        self, requests: list[BatchRequest]
+    ) -> AsyncIterator[BatchStart | list[TaggedChunk]]:
+        """Run many requests in one stream: the micro-batcher's call."""
+        self._start_metrics()
+        async with aclosing(self.batches.run(requests, self._abort_channel())) as messages:
+            async for message in messages:
+                yield message
+
+    def _abort_channel(self):  # -> AbortChannel actor handle | None
+        inside_an_actor = ray.is_initialized() and ray.get_runtime_context().get_actor_id()
+        if self._abort_listener is None and inside_an_actor:
+            self._abort_listener = AbortListener(on_abort=self.batches.abort)
+        return self._abort_listener.channel if self._abort_listener else None
+
+    def _count_cancelled(self) -> None:
+        self.num_cancelled_streams += 1
 
     async def stats(self) -> dict:
         """Engine counters (running/waiting requests, KV blocks) plus open streams."""

@@ -1,0 +1,91 @@
+"""Runs a batch of requests from the micro-batcher on a replica's AsyncEngine.
+
+`BatchRunner.run(requests)` starts every request on the engine at once (the engine's
+continuous batching does the rest) and yields a `BatchStart`, then lists of `TaggedChunk`s
+as the engine produces them. A request whose id arrives through `abort` (the replica's
+AbortChannel) is cancelled alone: its engine stream closes, which aborts it and frees its
+KV blocks, and the stream reports its end with an empty TaggedChunk. Cancelling the whole
+stream cancels every request of the batch. A request the engine rejects ends with its error;
+the others go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from typing import Any
+
+from serve_app.batch_messages import BatchRequest, BatchStart, TaggedChunk
+from serve_app.engine.async_engine import AsyncEngine
+from serve_app.engine.request_output import RequestOutput
+from serve_app.token_stream import TokenChunk
+
+
+def chunk_from_output(output: RequestOutput) -> TokenChunk:
+    return TokenChunk(
+        token_ids=output.new_token_ids,
+        finished=output.finished,
+        finish_reason=output.finish_reason,
+        num_prompt_tokens=output.num_prompt_tokens,
+        num_output_tokens=output.num_output_tokens,
+        logprobs=output.new_logprobs,
+    )
+
+
+class BatchRunner:
+    def __init__(self, engine: AsyncEngine, on_cancelled: Callable[[], None]) -> None:
+        self._engine = engine
+        self._on_cancelled = on_cancelled  # one call per request that ends unfinished
+        self._tasks: dict[str, asyncio.Task] = {}  # live requests of every batch, by id
+
+    @property
+    def num_live_requests(self) -> int:
+        return len(self._tasks)
+
+    def abort(self, request_ids: list[str]) -> None:
+        """Cancel single requests of running batches; ids not (or no longer) here are ignored."""
+        for request_id in request_ids:
+            task = self._tasks.get(request_id)
+            if task is not None:
+                task.cancel()
+
+    async def run(
+        self, requests: list[BatchRequest], abort_channel: Any = None
+    ) -> AsyncIterator[BatchStart | list[TaggedChunk]]:
+        outputs: asyncio.Queue[TaggedChunk] = asyncio.Queue()
+        tasks = {
+            request.request_id: asyncio.create_task(self._run_one(request, outputs))
+            for request in requests
+        }
+        self._tasks.update(tasks)
+        try:
+            yield BatchStart(abort_channel)
+            num_open = len(tasks)
+            while num_open:
+                messages = [await outputs.get()]
+                while not outputs.empty():
+                    messages.append(outputs.get_nowait())
+                num_open -= sum(message.final for message in messages)
+                yield messages
+        finally:
+            for request_id, task in tasks.items():
+                task.cancel()
+                self._tasks.pop(request_id, None)
+
+    async def _run_one(self, request: BatchRequest, outputs: asyncio.Queue) -> None:
+        finished = False
+        try:
+            stream = self._engine.generate(request.prompt_ids, request.params, request.request_id)
+            async with aclosing(stream):  # closing it aborts the request in the engine
+                async for output in stream:
+                    finished = output.finished
+                    outputs.put_nowait(TaggedChunk(request.request_id, chunk_from_output(output)))
+        except asyncio.CancelledError:
+            outputs.put_nowait(TaggedChunk(request.request_id, None))
+        except Exception as error:  # this request only: the batch goes on
+            outputs.put_nowait(TaggedChunk(request.request_id, None, error))
+        finally:
+            self._tasks.pop(request.request_id, None)
+            if not finished:
+                self._on_cancelled()
