@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+DECODE_GROUP_SIZE = 16
+
 
 def store_kv(
     key: torch.Tensor,  # (num_tokens, num_kv_heads, head_dim)
@@ -116,20 +118,27 @@ def paged_attention(
     context_lens_tensor: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """A mixed batch: the first `num_decode_seqs` sequences have one new token each and run
-    as one batched decode; the rest are prefill chunks run one by one."""
+    as batched decodes; the rest are prefill chunks run one by one.
+
+    Decodes run in groups of `DECODE_GROUP_SIZE`, each padded only to its own longest
+    context: when the engine orders decodes by context length (it does), little padding
+    is gathered and attended over.
+    """
     out = torch.empty_like(query)
     if num_decode_seqs:
         if context_lens_tensor is None:
             context_lens_tensor = torch.tensor(context_lens, device=query.device)
-        out[:num_decode_seqs] = paged_decode_attention(
-            query[:num_decode_seqs],
-            k_cache,
-            v_cache,
-            block_tables[:num_decode_seqs],
-            context_lens_tensor[:num_decode_seqs],
-            max(context_lens[:num_decode_seqs]),
-            scale,
-        )
+        for start in range(0, num_decode_seqs, DECODE_GROUP_SIZE):
+            end = min(start + DECODE_GROUP_SIZE, num_decode_seqs)
+            out[start:end] = paged_decode_attention(
+                query[start:end],
+                k_cache,
+                v_cache,
+                block_tables[start:end],
+                context_lens_tensor[start:end],
+                max(context_lens[start:end]),
+                scale,
+            )
     for seq_index in range(num_decode_seqs, len(context_lens)):
         start, end = query_start_loc[seq_index], query_start_loc[seq_index + 1]
         out[start:end] = paged_prefill_attention(

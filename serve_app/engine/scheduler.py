@@ -60,7 +60,7 @@ class Scheduler:
         seq.status = SequenceStatus.FINISHED
 
     def schedule(self) -> list[ScheduledChunk]:
-        """Pick this step's work. Chunks with one new token (decodes) come first."""
+        """Pick this step's work: decodes (one new token) first, by context length."""
         budget = self.limits.max_num_batched_tokens
         chunks: list[ScheduledChunk] = []
         preemptions_before = self.num_preemptions
@@ -84,7 +84,9 @@ class Scheduler:
         if self.num_preemptions == preemptions_before:
             self._admit_waiting(chunks, budget)
 
-        chunks.sort(key=lambda chunk: chunk.num_new_tokens != 1)
+        # Decodes first (the Triton backend splits the batch there), shortest context first
+        # (the torch backend pads each group of decodes to its longest context).
+        chunks.sort(key=_batch_order)
         return chunks
 
     def _admit_waiting(self, chunks: list[ScheduledChunk], budget: int) -> None:
@@ -124,6 +126,11 @@ class Scheduler:
         seq.num_preemptions += 1
         self.num_preemptions += 1
         self.waiting.appendleft(seq)
+
+
+def _batch_order(chunk: ScheduledChunk) -> tuple[bool, int]:
+    is_decode = chunk.num_new_tokens == 1
+    return (not is_decode, chunk.seq.num_computed_tokens if is_decode else 0)
 
 
 def _arrival(seq: Sequence) -> int:
