@@ -1,9 +1,10 @@
 """build_app: the import path Serve runs (`serve run deployments/dev.yaml`, or
 `serve run serve_app.app:build_app model=/path/to/hf_dir replica.num_cpus=2`).
 
-The graph is ingress -> model replica. Every deployment option (replicas or autoscaling,
-resources, admission limits, health-check and shutdown timeouts) is computed here from the
-validated AppConfig; the deployment classes themselves carry none.
+The graph is ingress -> micro-batcher -> model replica, or ingress -> model replica with
+`batcher.enabled=false` (`token_source` is the one switch). Every deployment option
+(replicas or autoscaling, resources, admission limits, health-check and shutdown timeouts)
+is computed here from the validated AppConfig; the deployment classes themselves carry none.
 """
 
 from __future__ import annotations
@@ -13,19 +14,41 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from serve_app.batcher import Batcher
 from serve_app.config import AppConfig, load_app_config
 from serve_app.ingress import OpenAIIngress
 from serve_app.replica import ModelReplica
 
 INGRESS_NAME = "OpenAIIngress"
 REPLICA_NAME = "ModelReplica"
+BATCHER_NAME = "Batcher"
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
     config = load_app_config(args)
     replica = serve.deployment(ModelReplica).options(**replica_options(config))
     ingress = serve.deployment(OpenAIIngress).options(**ingress_options(config))
-    return ingress.bind(config, replica.bind(config))
+    return ingress.bind(config, token_source(config, replica.bind(config)))
+
+
+def token_source(config: AppConfig, replica: Application) -> Application:
+    """What the ingress streams tokens from: the micro-batcher in front of the replicas, or
+    the replicas themselves; both answer `generate(prompt_ids, params, request_id)`."""
+    if not config.batcher.enabled:
+        return replica
+    return serve.deployment(Batcher).options(**batcher_options(config)).bind(config, replica)
+
+
+def batcher_options(config: AppConfig) -> dict[str, Any]:
+    settings = config.batcher
+    return {
+        "name": BATCHER_NAME,
+        "num_replicas": settings.num_replicas,
+        "ray_actor_options": {"num_cpus": settings.num_cpus},
+        "max_ongoing_requests": settings.max_ongoing_requests,
+        "max_queued_requests": settings.max_queued_requests,
+        "user_config": dict(settings.policy),  # the policy knobs: live via reconfigure
+    }
 
 
 def replica_options(config: AppConfig) -> dict[str, Any]:
@@ -43,7 +66,18 @@ def replica_options(config: AppConfig) -> dict[str, Any]:
         options["autoscaling_config"] = settings.autoscaling.model_dump()
     else:
         options["num_replicas"] = settings.num_replicas
+    if config.engine.tensor_parallel_size > 1:
+        options["placement_group_bundles"] = rank_bundles(config)
+        options["placement_group_strategy"] = "STRICT_PACK"  # one node: NCCL/gloo on its IP
     return options
+
+
+def rank_bundles(config: AppConfig) -> list[dict[str, float]]:
+    """One bundle per tensor-parallel rank: bundle 0 holds the replica actor (rank 0), the
+    others the Ray actors of ranks 1..N-1 (serve_app/ray_executor.py)."""
+    resources = {"CPU": config.replica.num_cpus, "GPU": config.replica.num_gpus}
+    bundle = {name: amount for name, amount in resources.items() if amount > 0}
+    return [dict(bundle) for _ in range(config.engine.tensor_parallel_size)]
 
 
 def ingress_options(config: AppConfig) -> dict[str, Any]:

@@ -12,8 +12,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from serve_app.batch_policy import BatchPolicyConfig
 from serve_app.engine.config import EngineConfig
 
 
@@ -46,6 +54,8 @@ class ReplicaSettings(_Section):
 
     num_replicas: int = Field(1, ge=1)
     autoscaling: AutoscalingSettings | None = None
+    # Per tensor-parallel rank: with engine.tensor_parallel_size N > 1 the replica gets a
+    # placement group of N such bundles (num_gpus 1 on a GPU node, 0 on CPU).
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     max_ongoing_requests: int = Field(16, ge=1)  # concurrent streams per replica
@@ -55,6 +65,28 @@ class ReplicaSettings(_Section):
     graceful_shutdown_timeout_s: float = Field(20.0, ge=0)
     # An engine loop silent this long is unhealthy; its idle loop wakes every second, so >= 2.
     stall_timeout_s: float = Field(60.0, ge=2.0)
+
+
+class BatcherSettings(_Section):
+    """The adaptive micro-batcher between the ingress and the model replicas.
+
+    `policy` holds the knobs of serve_app/batch_policy.py (target_ttft_ms, max_batch_size,
+    max_wait_ms, smoothing); they become the Batcher deployment's `user_config`, so a Serve
+    config's `deployments: [{name: Batcher, user_config: {...}}]` changes them live.
+    """
+
+    enabled: bool = True  # false: the ingress calls the model replicas directly
+    num_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(0.25, ge=0)
+    max_ongoing_requests: int = Field(64, ge=1)  # requests held (queued or forwarded)
+    max_queued_requests: int = Field(64, ge=-1)  # waiting for a batcher; -1 = unbounded
+    policy: dict[str, int | float] = Field(default_factory=dict)
+
+    @field_validator("policy")
+    @classmethod
+    def _valid_policy(cls, policy: dict[str, int | float]) -> dict[str, int | float]:
+        BatchPolicyConfig.from_user_config(policy)  # its error names the knob
+        return policy
 
 
 class IngressSettings(_Section):
@@ -106,6 +138,7 @@ class AppConfig(_Section):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     replica: ReplicaSettings = Field(default_factory=ReplicaSettings)
     ingress: IngressSettings = Field(default_factory=IngressSettings)
+    batcher: BatcherSettings = Field(default_factory=BatcherSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
 
@@ -122,6 +155,25 @@ class AppConfig(_Section):
                 raise ValueError("give the model once, as `model`, not also as `engine.model`")
             values = {**values, "model": model, "engine": {**engine, "model": model}}
         return values
+
+    @model_validator(mode="after")
+    def _tensor_parallel_bundles(self) -> AppConfig:
+        """With TP > 1 each rank is a placement-group bundle of replica.num_cpus/num_gpus."""
+        if self.engine.tensor_parallel_size == 1:
+            return self
+        if self.replica.num_gpus not in (0, 1):
+            raise ValueError(
+                "replica.num_gpus must be 0 (CPU ranks, gloo) or 1 (one GPU per rank, NCCL) "
+                f"when engine.tensor_parallel_size > 1, got {self.replica.num_gpus}"
+            )
+        if self.replica.num_gpus == 0 and self.replica.num_cpus == 0:
+            raise ValueError(
+                "replica.num_cpus must be > 0 on CPU when engine.tensor_parallel_size > 1 "
+                "(each rank's placement-group bundle needs a resource)"
+            )
+        if self.engine.device == "cuda" and self.replica.num_gpus == 0:
+            raise ValueError("engine.device is 'cuda': set replica.num_gpus to 1 (per rank)")
+        return self
 
     @property
     def model_name(self) -> str:

@@ -24,6 +24,7 @@ from serve_app.config import AppConfig
 from serve_app.engine.async_engine import AsyncEngine
 from serve_app.engine.sampling_params import SamplingParams
 from serve_app.metrics import ReplicaMetrics
+from serve_app.ray_executor import make_llm_engine
 from serve_app.replica_batch import BatchRunner, chunk_from_output
 from serve_app.token_stream import TokenChunk
 
@@ -32,7 +33,12 @@ METRICS_PERIOD_S = 1.0
 
 class ModelReplica:
     def __init__(self, config: AppConfig) -> None:
-        self.engine = AsyncEngine(config.engine, stall_timeout_s=config.replica.stall_timeout_s)
+        # TP > 1: ranks 1..N-1 are Ray actors in this replica's placement group.
+        self.engine = AsyncEngine(
+            config.engine,
+            stall_timeout_s=config.replica.stall_timeout_s,
+            engine=make_llm_engine(config.engine),
+        )
         self.metrics = ReplicaMetrics.create()
         self._metrics_task: asyncio.Task | None = None
         self.num_cancelled_streams = 0  # callers that left before their request finished

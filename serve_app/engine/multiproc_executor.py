@@ -29,10 +29,10 @@ import torch.multiprocessing as mp
 
 from serve_app.engine.config import EngineConfig
 from serve_app.engine.distributed import backend_for_device, open_rendezvous
-from serve_app.engine.executor import plan_num_kv_blocks
 from serve_app.engine.model_input import ModelInput
 from serve_app.engine.model_runner import resolve_device
-from serve_app.engine.worker import KVMemoryReport, TensorParallelWorker
+from serve_app.engine.tensor_parallel import TensorParallelError, plan_kv_blocks_over_ranks
+from serve_app.engine.worker import TensorParallelWorker
 from serve_app.engine.worker_process import run_worker_process
 
 STARTUP_TIMEOUT_S = 600.0  # loading a large checkpoint on every rank
@@ -40,10 +40,6 @@ REPLY_TIMEOUT_S = 120.0
 DEATH_GRACE_S = 5.0  # after a failed collective, how long to wait for the dead rank's exit
 WATCH_INTERVAL_S = 0.2
 WORKER_MODULE = "serve_app.engine.worker_process"  # the fork server imports it once
-
-
-class TensorParallelError(RuntimeError):
-    """A tensor-parallel rank died or failed; the executor has shut down and cannot serve."""
 
 
 class MultiprocessExecutor:
@@ -230,21 +226,6 @@ def intra_op_threads(num_threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(saved)
-
-
-def plan_kv_blocks_over_ranks(
-    reports: list[KVMemoryReport], config: EngineConfig, max_model_len: int
-) -> int:
-    """Every rank allocates the same number of blocks: what the tightest rank can hold."""
-    bytes_per_block = {report.bytes_per_block for report in reports}
-    assert len(bytes_per_block) == 1, f"ranks disagree on KV block size: {bytes_per_block}"
-    return plan_num_kv_blocks(
-        min(report.budget_bytes for report in reports),
-        bytes_per_block.pop(),
-        config.block_size,
-        max_model_len,
-        config.max_num_seqs,
-    )
 
 
 def describe_dead_worker(rank: int, process: mp.Process) -> str:
