@@ -16,10 +16,14 @@ REQUEST_LATENCY_S = "serve_app_request_latency_s"
 TOKENS = "serve_app_tokens"
 RUNNING_REQUESTS = "serve_app_running_requests"
 KV_CACHE_USAGE = "serve_app_kv_cache_usage"
+BATCH_SIZE = "serve_app_batch_size"
+BATCH_QUEUE_WAIT_S = "serve_app_batch_queue_wait_s"
 
 PROMETHEUS_PREFIX = "ray_"  # what Ray's exporter puts before every name
 
 LATENCY_BOUNDARIES_S = [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120]
+BATCH_SIZE_BOUNDARIES = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+QUEUE_WAIT_BOUNDARIES_S = [0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1]
 
 
 @dataclass

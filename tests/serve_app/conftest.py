@@ -16,6 +16,7 @@ import pytest
 API_KEY = "test-key-1"
 MAX_ONGOING = 4
 MAX_QUEUED = 8
+BATCHER_MAX_ONGOING = 16
 APP_NAME = "llm"
 
 
@@ -52,6 +53,14 @@ def app_args(keys_file: Path) -> dict:
             "health_check_period_s": 2,
         },
         "ingress": {"num_cpus": 0.1},
+        # Every HTTP test goes through the micro-batcher; it admits more than a replica would
+        # alone (batches count once there) but still few enough for the overload test.
+        "batcher": {
+            "enabled": True,
+            "num_cpus": 0.1,
+            "max_ongoing_requests": BATCHER_MAX_ONGOING,
+            "max_queued_requests": MAX_QUEUED,
+        },
         "limits": {
             "max_prompt_tokens": 256,
             "max_tokens": 2000,
