@@ -73,3 +73,29 @@ class ReplicaMetrics:
     def update(self, num_running: int, kv_cache_usage: float) -> None:
         self.running_requests.set(num_running)
         self.kv_cache_usage.set(kv_cache_usage)
+
+
+@dataclass
+class BatcherMetrics:
+    batch_size: metrics.Histogram
+    queue_wait_s: metrics.Histogram
+
+    @classmethod
+    def create(cls) -> BatcherMetrics:
+        return cls(
+            batch_size=metrics.Histogram(
+                BATCH_SIZE,
+                "requests forwarded to a model replica in one call",
+                boundaries=BATCH_SIZE_BOUNDARIES,
+            ),
+            queue_wait_s=metrics.Histogram(
+                BATCH_QUEUE_WAIT_S,
+                "seconds a request waited in the batcher before it was forwarded",
+                boundaries=QUEUE_WAIT_BOUNDARIES_S,
+            ),
+        )
+
+    def record_batch(self, queue_waits_s: list[float]) -> None:
+        self.batch_size.observe(len(queue_waits_s))
+        for wait_s in queue_waits_s:
+            self.queue_wait_s.observe(wait_s)
