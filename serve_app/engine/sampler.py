@@ -84,8 +84,16 @@ class Sampler:
         """logits (num_rows, vocab) float32 -> one token per row, and logprobs where asked."""
         want_logprobs = any(row.params.logprobs is not None for row in rows)
         model_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None
-        logits = logits.clone()
-        for index, row in enumerate(rows):
+        adjusted = [
+            index
+            for index, row in enumerate(rows)
+            if row.params.needs_penalties
+            or (row.stop_token_ids and len(row.output_token_ids) < row.params.min_tokens)
+        ]
+        if adjusted:
+            logits = logits.clone()  # the caller's logits stay as the model produced them
+        for index in adjusted:
+            row = rows[index]
             if row.params.needs_penalties:
                 apply_penalties(logits[index], row)
             if row.stop_token_ids and len(row.output_token_ids) < row.params.min_tokens:
