@@ -45,6 +45,7 @@ STARTUP_TIMEOUT_S = 600.0  # loading a large checkpoint on every rank
 REPLY_TIMEOUT_S = 120.0
 SHUTDOWN_GRACE_S = 5.0
 WATCH_INTERVAL_S = 0.2
+WORKER_NAMESPACE = "serve_app_tp"  # where the worker actors' names live
 WATCH_GROUP = "watch"  # the actors' second thread: it only waits for a failure or shutdown
 
 
@@ -144,6 +145,7 @@ class RayExecutor:
             resources = dict(bundles[rank])
             actor = actor_class.options(
                 name=worker_actor_name(self.placement_group, rank),  # for operators and tests
+                namespace=WORKER_NAMESPACE,
                 num_cpus=resources.pop("CPU", 0),
                 num_gpus=resources.pop("GPU", 0),
                 resources=resources or None,
@@ -282,7 +284,7 @@ def placement_group_bundles(placement_group: PlacementGroup | None, world_size: 
 
 
 def worker_actor_name(placement_group: PlacementGroup, rank: int) -> str:
-    """Unique per replica (its placement group), in the replica's Ray namespace."""
+    """Unique per replica (its placement group), in WORKER_NAMESPACE."""
     return f"tp-worker-{placement_group.id.hex()}-rank{rank}"
 
 
