@@ -26,6 +26,8 @@ class TextDelta:
     num_output_tokens: int
     finish_reason: str | None = None
     logprobs: list[TokenLogprobs] = field(default_factory=list)
+    # The tokens since the previous delta (those still held back as text included).
+    token_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -44,10 +46,12 @@ async def generate_choice(
     stops = StopChecker(choice.stop)
     num_output = 0
     finish_reason = None
+    pending_ids: list[int] = []  # tokens not yet carried by a delta
     stream = streamer.stream(choice.prompt_ids, choice.params, choice.request_id)
     try:
         async for chunk in stream:
             num_output = chunk.num_output_tokens
+            pending_ids += chunk.token_ids
             text = stops.add(detokenizer.add(chunk.token_ids))
             if stops.stopped:
                 finish_reason = "stop"
@@ -63,7 +67,9 @@ async def generate_choice(
                     num_output,
                     finish_reason,
                     list(chunk.logprobs),
+                    pending_ids,
                 )
+                pending_ids = []
             if finish_reason is not None:
                 return
     finally:

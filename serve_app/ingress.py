@@ -9,11 +9,9 @@ them into text with incremental detokenization and stop strings, as JSON or as S
 
 import time
 from collections.abc import AsyncIterator
-from typing import TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ValidationError
 from ray import serve
 
 from serve_app import sse
@@ -24,6 +22,7 @@ from serve_app.downstream_errors import to_api_error
 from serve_app.engine.tiny import resolve_model_dir
 from serve_app.errors import APIError, error_body, error_response, install_error_handlers
 from serve_app.generation import TextDelta, generate_choice, merge
+from serve_app.grpc_ingress import GrpcMethods
 from serve_app.metrics import IngressMetrics
 from serve_app.protocol import (
     ChatCompletionRequest,
@@ -34,33 +33,14 @@ from serve_app.protocol import (
 )
 from serve_app.responses import ChoiceResult, ResponseBuilder
 from serve_app.token_stream import HandleTokenStreamer, TokenStreamer
-
-RequestModel = TypeVar("RequestModel", bound=BaseModel)
+from serve_app.validation import check_model, parse_request
 
 api = FastAPI(title="serve-app OpenAI-compatible API")
 install_error_handlers(api)
 
 
-# Defined above the class: serve.ingress captures the module's names at decoration time.
-def _parse(model: type[RequestModel], body: bytes) -> RequestModel:
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as error:
-        first = error.errors()[0]
-        if first["type"] == "json_invalid":
-            raise APIError(
-                400, f"the request body is not valid JSON: {first['msg']}", code="invalid_json"
-            ) from None
-        location = [str(part) for part in first["loc"]]
-        # Union members add their type names to the location; keep the field path only.
-        param = ".".join(p for p in location if not p.startswith(("str", "list[", "int"))) or None
-        raise APIError(
-            400, f"{param or 'body'}: {first['msg']}", param=param, code="invalid_value"
-        ) from None
-
-
 @serve.ingress(api)
-class OpenAIIngress:
+class OpenAIIngress(GrpcMethods):
     def __init__(self, config: AppConfig, model_handle, streamer: TokenStreamer | None = None):
         from transformers import AutoTokenizer
 
@@ -96,15 +76,8 @@ class OpenAIIngress:
         try:
             self.api_keys.check(http_request.headers.get("authorization"))
             body = await self._read_body(http_request)
-            request = _parse(ChatCompletionRequest if chat else CompletionRequest, body)
-            if request.model != self.model_name:
-                raise APIError(
-                    404,
-                    f"model {request.model!r} does not exist; this server serves "
-                    f"{self.model_name!r} (see /v1/models)",
-                    param="model",
-                    code="model_not_found",
-                )
+            request = parse_request(ChatCompletionRequest if chat else CompletionRequest, body)
+            check_model(request.model, self.model_name)
             if isinstance(request, ChatCompletionRequest):
                 prompts = [chat_prompt(request, self.tokenizer)]
                 num_logprobs = request.num_logprobs

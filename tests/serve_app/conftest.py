@@ -18,6 +18,7 @@ MAX_ONGOING = 4
 MAX_QUEUED = 8
 BATCHER_MAX_ONGOING = 16
 APP_NAME = "llm"
+GRPC_SERVICER = "serve_app.proto.llm_pb2_grpc.add_LLMServicer_to_server"
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class LiveApp:
     api_key: str
     model: str
     args: dict
+    grpc_target: str = ""  # 127.0.0.1:<port> of Serve's gRPC proxy
 
     @property
     def api_url(self) -> str:
@@ -81,7 +83,7 @@ def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
 
     keys_file = tmp_path_factory.mktemp("auth") / "keys.txt"
     keys_file.write_text(f"# test keys\n{API_KEY}\nsecond-key\n")
-    port, metrics_port = free_port(), free_port()
+    port, metrics_port, grpc_port = free_port(), free_port(), free_port()
     ray.init(
         address="local",
         num_cpus=4,  # logical CPUs: room for extra test apps beside the shared one
@@ -91,7 +93,10 @@ def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
         _metrics_export_port=metrics_port,
     )
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": port},
+            grpc_options={"port": grpc_port, "grpc_servicer_functions": [GRPC_SERVICER]},
+        )
         args = app_args(keys_file)
         serve.run(build_app(args), name=APP_NAME, route_prefix="/")
         yield LiveApp(
@@ -100,6 +105,7 @@ def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
             API_KEY,
             "tiny",
             args,
+            grpc_target=f"127.0.0.1:{grpc_port}",
         )
     finally:
         serve.shutdown()
