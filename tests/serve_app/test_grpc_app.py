@@ -4,8 +4,13 @@ the status codes of bad, unauthenticated, unknown-model and overloading calls.""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import httpx
@@ -263,3 +268,23 @@ def test_full_replica_gives_resource_exhausted_with_retry_after(stub, live_app, 
         running.cancel()
         for call in calls:
             call.cancel()
+
+
+def test_readme_grpc_example_works(live_app):
+    """The README's gRPC client, run as written (only the port differs)."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## gRPC API", 1)[1].split("\n## ", 1)[0]
+    [script] = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    assert "127.0.0.1:9000" in script
+    done = subprocess.run(
+        [sys.executable, "-c", script.replace("127.0.0.1:9000", live_app.grpc_target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OPENAI_API_KEY": live_app.api_key},
+        cwd=Path(__file__).parents[2],
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-1].startswith("StatusCode.INVALID_ARGUMENT top_p"), lines
+    assert lines[0].endswith(("stop", "length")), lines

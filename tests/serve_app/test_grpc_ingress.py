@@ -3,10 +3,13 @@ metadata (as HTTP reports it), and the GenerateRequest -> /v1/completions body."
 
 from __future__ import annotations
 
+import importlib
 import json
+from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 from ray.serve._private.common import DeploymentID
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
@@ -102,3 +105,17 @@ def test_completion_body_refuses_two_prompt_forms() -> None:
         grpc.StatusCode.INVALID_ARGUMENT,
         "prompt",
     )
+
+
+def test_dev_yaml_serves_the_llm_service_on_port_9000() -> None:
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve_app.proto import llm_pb2_grpc
+
+    dev = Path(__file__).parents[2] / "deployments" / "dev.yaml"
+    options = ServeDeploySchema.model_validate(yaml.safe_load(dev.read_text())).grpc_options
+    assert options.port == 9000
+    [path] = options.grpc_servicer_functions
+    module, name = path.rsplit(".", 1)
+    assert importlib.import_module(module) is llm_pb2_grpc
+    assert getattr(llm_pb2_grpc, name) is llm_pb2_grpc.add_LLMServicer_to_server
