@@ -31,6 +31,7 @@ def test_dev_tp2_yaml_runs_two_cpu_ranks_on_the_dev_box():
     dev_schema, _ = load_deployment("dev.yaml")
     assert schema.http_options == dev_schema.http_options  # the same shape as dev.yaml
     assert schema.proxy_location == dev_schema.proxy_location
+    assert schema.grpc_options == dev_schema.grpc_options
     assert config.model == "tiny"
     assert config.engine.tensor_parallel_size == 2
     options = replica_options(config)
@@ -43,6 +44,7 @@ def test_dev_tp2_yaml_runs_two_cpu_ranks_on_the_dev_box():
 def test_gpu_tp2_yaml_takes_one_gpu_per_rank_with_triton_attention():
     schema, config = load_deployment("gpu-tp2.yaml")
     assert schema.http_options.port == 8000
+    assert schema.grpc_options.port == 9000
     assert config.model == "/models/Qwen2.5-7B-Instruct"
     assert config.engine.tensor_parallel_size == 2
     assert config.engine.dtype in ("float16", "bfloat16")
