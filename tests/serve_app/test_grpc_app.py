@@ -159,6 +159,21 @@ def test_concurrent_http_and_grpc_all_give_engine_greedy(stub, live_app, engine,
             assert output == expected[index], index
 
 
+def test_cancelled_stream_frees_the_replica(stub, live_app, replica_handle):
+    hold = llm_pb2.GenerateRequest(prompt="a long story", max_tokens=2000, ignore_eos=True)
+    call = stub.GenerateStream(hold, metadata=metadata(live_app.api_key), timeout=60)
+    assert sum(len(next(call).token_ids) for _ in range(3)) >= 3
+    during = replica_handle.stats.remote().result()
+    assert during["num_running"] == 1 and during["num_used_kv_blocks"] > 0
+    call.cancel()  # after a few chunks of a 2000-token request (tens of seconds of work)
+    deadline = time.monotonic() + 5
+    while (stats := replica_handle.stats.remote().result())["num_running"] or stats[
+        "num_used_kv_blocks"
+    ]:
+        assert time.monotonic() < deadline, f"the cancelled request still runs: {stats}"
+        time.sleep(0.2)
+
+
 def expect_error(call, code: grpc.StatusCode) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as caught:
         result = call()
@@ -220,17 +235,20 @@ def test_unknown_model_is_not_found(stub, live_app):
 
 @pytest.fixture(scope="module")
 def tight_app(live_app):
-    """A second app whose replica runs one request and queues one: easy to fill exactly."""
+    """A second app that runs one request and queues one: easy to fill exactly. The batcher
+    (if on) holds one request and queues one, as does the replica behind it."""
     from ray import serve
 
     from serve_app.app import build_app
 
-    replica = {"max_ongoing_requests": 1, "max_queued_requests": 1}
+    one = {"max_ongoing_requests": 1, "max_queued_requests": 1}
     args = {
         **live_app.args,
         "ingress": {"num_cpus": 0.05},
-        "replica": {"num_cpus": 0.25, "graceful_shutdown_timeout_s": 1, **replica},
+        "replica": {"num_cpus": 0.25, "graceful_shutdown_timeout_s": 1, **one},
     }
+    if "batcher" in args:
+        args["batcher"] = {**args["batcher"], "num_cpus": 0.05, **one}
     serve.run(build_app(args), name=TIGHT_APP, route_prefix="/" + TIGHT_APP)
     yield TIGHT_APP
     serve.delete(TIGHT_APP)
