@@ -36,7 +36,11 @@ from serve_app.engine.loader import read_architecture
 from serve_app.engine.model_input import ModelInput
 from serve_app.engine.model_runner import resolve_device
 from serve_app.engine.parallel import check_tensor_parallel_sizes
-from serve_app.engine.tensor_parallel import TensorParallelError, plan_kv_blocks_over_ranks
+from serve_app.engine.tensor_parallel import (
+    ExecutorLifecycle,
+    TensorParallelError,
+    plan_kv_blocks_over_ranks,
+)
 from serve_app.engine.tiny import resolve_model_dir
 from serve_app.engine.worker import KVMemoryReport, TensorParallelWorker
 
@@ -122,12 +126,8 @@ class RayExecutor:
         self.driver: TensorParallelWorker | None = None
         self.actors: list = []  # ray ActorHandles, rank 1..N-1 in order
         self._watch_refs: dict = {}  # ObjectRef of wait_for_failure -> rank
-        self._failure: str | None = None  # the first failure seen; never overwritten
-        self._worker_failed = threading.Event()  # set by the watcher with `_failure`
-        self._lock = threading.Lock()
-        self._closed = False
-        self._stop_watching = threading.Event()
-        self._watcher: threading.Thread | None = None
+        self.life = ExecutorLifecycle()
+        self._worker_failed = threading.Event()  # set by the watcher with `life.failure`
         try:
             self._start(config, model_dir)
         except BaseException:
@@ -177,8 +177,7 @@ class RayExecutor:
         for rank, actor in enumerate(self.actors, start=1):
             watch = actor.wait_for_failure.options(concurrency_group=WATCH_GROUP).remote()
             self._watch_refs[watch] = rank
-        self._watcher = threading.Thread(target=self._watch, name="tp-ray-watcher", daemon=True)
-        self._watcher.start()
+        self.life.start_watcher(self._watch, "tp-ray-watcher")
 
     def _get(self, refs: list, timeout_s: float, what: str) -> list:
         try:
@@ -208,29 +207,26 @@ class RayExecutor:
     def check_health(self) -> None:
         """Raise TensorParallelError if a rank has died or failed, or after shutdown. Safe
         from any thread: the watcher notices a dead actor within WATCH_INTERVAL_S."""
-        with self._lock:
-            if self._failure is not None:
-                raise TensorParallelError(self._failure)
-            if self._closed:
-                raise TensorParallelError("the tensor-parallel executor has been shut down")
+        with self.life.lock:
+            self.life.raise_if_unusable()
 
     def _fail(self, fallback: str) -> TensorParallelError:
         # A dead actor breaks rank 0's collective at once; give the watcher a moment to say
         # which rank it was before settling for the collective's own error.
-        if self._watcher is not None:
+        if self.life.watcher is not None:
             self._worker_failed.wait(SHUTDOWN_GRACE_S)
-        with self._lock:
-            if self._failure is None:
-                self._failure = fallback
-            failure = self._failure
+        with self.life.lock:
+            if self.life.failure is None:
+                self.life.failure = fallback
+            failure = self.life.failure
         self.shutdown()
         return TensorParallelError(failure)
 
     def _watch(self) -> None:
         pending = list(self._watch_refs)
-        while not self._stop_watching.is_set():
+        while not self.life.stop_watching.is_set():
             ready, pending = ray.wait(pending, num_returns=1, timeout=WATCH_INTERVAL_S)
-            if not ready or self._stop_watching.is_set():
+            if not ready or self.life.stop_watching.is_set():
                 continue
             rank = self._watch_refs[ready[0]]
             try:
@@ -238,9 +234,9 @@ class RayExecutor:
                 failure = f"tensor-parallel worker rank {rank} failed a step:\n{traceback_text}"
             except RayActorError as error:
                 failure = f"tensor-parallel worker rank {rank} (Ray actor) died: {error}"
-            with self._lock:
-                if self._failure is None:
-                    self._failure = failure
+            with self.life.lock:
+                if self.life.failure is None:
+                    self.life.failure = failure
             self._worker_failed.set()
             # Unblock rank 0: NCCL needs an abort; gloo fails once the peers' sockets close.
             self.driver.abort()
@@ -251,13 +247,8 @@ class RayExecutor:
     # ---- shutdown ---------------------------------------------------------------------
     def shutdown(self) -> None:
         """Stop every worker actor, destroy the group and free the KV cache; safe twice."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._stop_watching.set()
-        if self._watcher is not None and self._watcher is not threading.current_thread():
-            self._watcher.join()
+        if not self.life.close():
+            return
         stops = [actor.shutdown.remote() for actor in self.actors]
         if stops:
             ray.wait(stops, num_returns=len(stops), timeout=SHUTDOWN_GRACE_S)

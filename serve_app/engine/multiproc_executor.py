@@ -20,7 +20,6 @@ import contextlib
 import multiprocessing.connection
 import pickle
 import signal
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +30,11 @@ from serve_app.engine.config import EngineConfig
 from serve_app.engine.distributed import backend_for_device, open_rendezvous
 from serve_app.engine.model_input import ModelInput
 from serve_app.engine.model_runner import resolve_device
-from serve_app.engine.tensor_parallel import TensorParallelError, plan_kv_blocks_over_ranks
+from serve_app.engine.tensor_parallel import (
+    ExecutorLifecycle,
+    TensorParallelError,
+    plan_kv_blocks_over_ranks,
+)
 from serve_app.engine.worker import TensorParallelWorker
 from serve_app.engine.worker_process import run_worker_process
 
@@ -49,14 +52,10 @@ class MultiprocessExecutor:
         self.driver: TensorParallelWorker | None = None
         self.processes: list[mp.Process] = []
         self._conns: list[multiprocessing.connection.Connection] = []
-        self._failure: str | None = None  # the first failure seen; never overwritten
-        # Guards `_failure` and every look at the worker processes: the watcher, health checks
+        # Its lock also guards every look at the worker processes: the watcher, health checks
         # and the engine thread may look at once, and a fork-server child's exit status can be
         # read only once (a second concurrent reader would see a bogus 255).
-        self._lock = threading.Lock()
-        self._closed = False
-        self._stop_watching = threading.Event()
-        self._watcher: threading.Thread | None = None
+        self.life = ExecutorLifecycle()
         device = resolve_device(config)
         if device.type == "cuda" and torch.cuda.device_count() < self.world_size:
             raise TensorParallelError(
@@ -105,8 +104,7 @@ class MultiprocessExecutor:
         self.num_kv_blocks = plan_kv_blocks_over_ranks(reports, config, self.max_model_len)
         self._call_workers("allocate_kv_cache", REPLY_TIMEOUT_S, self.num_kv_blocks)
         self.driver.allocate_kv_cache(self.num_kv_blocks)
-        self._watcher = threading.Thread(target=self._watch, name="tp-watcher", daemon=True)
-        self._watcher.start()
+        self.life.start_watcher(self._watch, "tp-watcher")
 
     def _call_workers(self, method: str, timeout_s: float, *args) -> list:
         self._send_all(method, *args)
@@ -133,7 +131,7 @@ class MultiprocessExecutor:
 
     # ---- steps ------------------------------------------------------------------------
     def execute(self, model_input: ModelInput) -> torch.Tensor | None:
-        if self._closed and self._failure is None:
+        if self.life.closed and self.life.failure is None:
             raise TensorParallelError("the tensor-parallel executor has been shut down")
         try:
             self.check_health()
@@ -148,22 +146,19 @@ class MultiprocessExecutor:
     def check_health(self) -> None:
         """Raise TensorParallelError if any rank is dead or the executor has shut down.
         Safe from any thread: it only looks."""
-        with self._lock:
-            if self._failure is None and not self._closed:
+        with self.life.lock:
+            if self.life.failure is None and not self.life.closed:
                 for rank, process in enumerate(self.processes, start=1):
                     if not process.is_alive():
-                        self._failure = describe_dead_worker(rank, process)
+                        self.life.failure = describe_dead_worker(rank, process)
                         break
-            if self._failure is not None:
-                raise TensorParallelError(self._failure)
-            if self._closed:
-                raise TensorParallelError("the tensor-parallel executor has been shut down")
+            self.life.raise_if_unusable()
 
     def _fail(self, fallback: str) -> TensorParallelError:
         """Name the ranks that died (waiting briefly for their exit) and what they reported,
         shut everything down, and return the error to raise."""
-        with self._lock:
-            if self._failure is None:
+        with self.life.lock:
+            if self.life.failure is None:
                 sentinels = [process.sentinel for process in self.processes]
                 multiprocessing.connection.wait(sentinels, DEATH_GRACE_S)
                 dead = [
@@ -171,39 +166,34 @@ class MultiprocessExecutor:
                     for rank, process in enumerate(self.processes, start=1)
                     if not process.is_alive()
                 ]
-                self._failure = "; ".join(dead) if dead else fallback
-            if not self._closed:
+                self.life.failure = "; ".join(dead) if dead else fallback
+            if not self.life.closed:
                 reports = [report for conn in self._conns if (report := read_worker_error(conn))]
-                self._failure = "\n".join([self._failure, *reports])
+                self.life.failure = "\n".join([self.life.failure, *reports])
         self.shutdown()
-        return TensorParallelError(self._failure)
+        return TensorParallelError(self.life.failure)
 
     def _watch(self) -> None:
         sentinels = {process.sentinel: rank for rank, process in enumerate(self.processes, 1)}
-        while not self._stop_watching.is_set():
+        while not self.life.stop_watching.is_set():
             ready = multiprocessing.connection.wait(list(sentinels), WATCH_INTERVAL_S)
-            if ready and not self._stop_watching.is_set():
+            if ready and not self.life.stop_watching.is_set():
                 rank = sentinels[ready[0]]
-                with self._lock:
-                    if self._failure is None:
-                        self._failure = describe_dead_worker(rank, self.processes[rank - 1])
+                with self.life.lock:
+                    if self.life.failure is None:
+                        self.life.failure = describe_dead_worker(rank, self.processes[rank - 1])
                 self.driver.abort()  # NCCL: unblock a collective that waits on the dead rank
                 return
 
     # ---- shutdown ---------------------------------------------------------------------
     def shutdown(self) -> None:
         """Stop every worker, destroy the group and free the KV cache; safe to call twice."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-        self._stop_watching.set()
-        if self._watcher is not None and self._watcher is not threading.current_thread():
-            self._watcher.join()
+        if not self.life.close():
+            return
         for conn in self._conns:
             with contextlib.suppress(OSError):  # that worker is already gone
                 conn.send_bytes(pickle.dumps(("shutdown", ())))
-        with self._lock:
+        with self.life.lock:
             for process in self.processes:
                 process.join(timeout=DEATH_GRACE_S)
                 if process.is_alive():
