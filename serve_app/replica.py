@@ -89,7 +89,8 @@ class ModelReplica:
         self.engine.check_health()
 
     def __del__(self) -> None:
-        if self._metrics_task is not None:
+        # getattr: __init__ may have failed before setting it (a TP rank that did not start).
+        if getattr(self, "_metrics_task", None) is not None:
             self._metrics_task.cancel()
         with contextlib.suppress(Exception):
             self.engine.shutdown()
