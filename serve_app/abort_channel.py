@@ -6,8 +6,8 @@ model replica owns one small AbortChannel actor (no CPU, on the replica's node) 
 it in the first message of every batch stream; the batcher sends aborts straight to that
 actor, and the replica long-polls it (`take`) and cancels those requests, which aborts them
 in the engine and frees their KV blocks. The actor is owned by the replica, so it dies with
-it. Cancelling a whole batch needs no channel: cancelling the batch stream cancels its
-requests.
+it; if the actor dies the replica starts a new one for later batches. Cancelling a whole
+batch needs no channel: cancelling the batch stream cancels its requests.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ import logging
 from collections.abc import Callable
 
 import ray
+from ray.exceptions import RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 logger = logging.getLogger(__name__)
 
-RETRY_PAUSE_S = 1.0  # between polls after a failed one (the actor is still starting, or died)
+RETRY_PAUSE_S = 1.0  # after a failed poll, before the next (never a tight loop)
 
 
 @ray.remote(num_cpus=0)
@@ -49,11 +50,7 @@ class AbortListener:
 
     def __init__(self, on_abort: Callable[[list[str]], None]) -> None:
         self._on_abort = on_abort
-        self.channel = AbortChannel.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(
-                ray.get_runtime_context().get_node_id(), soft=True
-            )
-        ).remote()
+        self.channel = self._new_channel()
         self._task = asyncio.get_running_loop().create_task(self._listen())
 
     async def _listen(self) -> None:
@@ -62,11 +59,22 @@ class AbortListener:
                 request_ids = await self.channel.take.remote()
             except asyncio.CancelledError:
                 raise
+            except RayActorError:
+                logger.warning("the abort channel actor died; starting a new one")
+                self.channel = self._new_channel()
+                await asyncio.sleep(RETRY_PAUSE_S)
+                continue
             except Exception:
                 logger.exception("the abort channel failed; single-request aborts are delayed")
                 await asyncio.sleep(RETRY_PAUSE_S)
                 continue
             self._on_abort(request_ids)
+
+    @staticmethod
+    def _new_channel():  # -> AbortChannel actor handle, on this node when it has room
+        node_id = ray.get_runtime_context().get_node_id()
+        strategy = NodeAffinitySchedulingStrategy(node_id, soft=True)
+        return AbortChannel.options(scheduling_strategy=strategy).remote()
 
     def close(self) -> None:
         self._task.cancel()

@@ -191,3 +191,28 @@ def test_reconfigure_changes_the_batch_size_live(batcher_handle):
     assert one_by_one == {1}
     assert max(batched) >= 2
     assert same_pid == pid  # the same batcher replica, reconfigured in place
+
+
+def test_batch_size_and_queue_wait_reach_prometheus(live_app, batcher_handle):
+    import time
+
+    from serve_app import metrics
+    from tests.serve_app.test_metrics import exported_values
+
+    assert complete_concurrently(live_app.base_url, live_app.headers())
+    names = [
+        metrics.PROMETHEUS_PREFIX + metrics.BATCH_SIZE + "_count",
+        metrics.PROMETHEUS_PREFIX + metrics.BATCH_QUEUE_WAIT_S + "_count",
+    ]
+    counts = dict.fromkeys(names, 0.0)
+    deadline = time.monotonic() + 60
+    while min(counts.values()) == 0 and time.monotonic() < deadline:
+        time.sleep(1)
+        counts = dict.fromkeys(names, 0.0)
+        for series, value in exported_values(live_app.metrics_url).items():
+            name = series.split("{")[0]
+            if name in counts and 'deployment="Batcher"' in series:
+                counts[name] += float(value)
+    batch_count, wait_count = counts.values()
+    assert batch_count >= 1
+    assert wait_count >= len(PROMPTS) and wait_count >= batch_count  # one wait per request
