@@ -30,6 +30,7 @@ from serve_app.auth import ApiKeys
 from serve_app.choices import build_choices, completion_prompts
 from serve_app.config import LimitSettings
 from serve_app.downstream_errors import to_api_error
+from serve_app.engine.sequence import TokenLogprobs
 from serve_app.errors import APIError
 from serve_app.generation import ChoiceRequest, TextDelta, generate_choice
 from serve_app.grpc_service import (
@@ -98,7 +99,16 @@ def completion_body(request: llm_pb2.GenerateRequest, default_model: str) -> byt
     }
     if parsed.stop:
         body["stop"] = parsed.stop
+    if request.HasField("logprobs"):
+        body["logprobs"] = request.logprobs
     return json.dumps(body).encode()
+
+
+def logprob_messages(entries: list[TokenLogprobs]) -> list[llm_pb2.TokenLogprob]:
+    return [
+        llm_pb2.TokenLogprob(token_id=e.token_id, logprob=e.logprob, top_logprobs=e.top)
+        for e in entries
+    ]
 
 
 class GrpcMethods:
@@ -114,17 +124,21 @@ class GrpcMethods:
     async def Generate(self, request: llm_pb2.GenerateRequest, grpc_context) -> Any:
         started = time.perf_counter()
         status, prompt_tokens, tokens, text, finish_reason = 200, 0, [], "", ""
+        logprobs: list[TokenLogprobs] = []
         try:
             call = self._grpc_call(request, grpc_context)
             prompt_tokens = call.prompt_tokens
             async for delta in self._grpc_deltas(call):
                 text += delta.text
                 tokens += delta.token_ids
+                logprobs += delta.logprobs
                 finish_reason = delta.finish_reason or finish_reason
             usage = usage_message(prompt_tokens, len(tokens))
-            return make_response(
+            response = make_response(
                 call.response_id, self.model_name, text, tokens, finish_reason, usage
             )
+            response.logprobs.extend(logprob_messages(logprobs))
+            return response
         except Exception as error:
             failure = failure_of(error, self.limits.retry_after_s)
             status = failure.http_status
@@ -146,7 +160,7 @@ class GrpcMethods:
             async for delta in self._grpc_deltas(call):
                 output_tokens = delta.num_output_tokens
                 usage = usage_message(prompt_tokens, output_tokens) if delta.finish_reason else None
-                yield make_chunk(
+                chunk = make_chunk(
                     call.response_id,
                     self.model_name,
                     delta.text,
@@ -154,6 +168,8 @@ class GrpcMethods:
                     delta.finish_reason,
                     usage,
                 )
+                chunk.logprobs.extend(logprob_messages(delta.logprobs))
+                yield chunk
         except Exception as error:
             failure = failure_of(error, self.limits.retry_after_s)
             status = failure.http_status
@@ -177,7 +193,7 @@ class GrpcMethods:
         check_model(completion.model, self.model_name)
         prompts = completion_prompts(completion, self.tokenizer)
         response_id = new_id("cmpl")
-        [choice] = build_choices(completion, prompts, self.limits, None, response_id)
+        [choice] = build_choices(completion, prompts, self.limits, completion.logprobs, response_id)
         return GrpcCall(response_id, choice, len(choice.prompt_ids))
 
     async def _grpc_deltas(self, call: GrpcCall) -> AsyncIterator[TextDelta]:

@@ -24,21 +24,27 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19serve_app/proto/llm.proto\x12\rserve_app.llm\"\xaa\x04\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\r\x12\x17\n\nmax_tokens\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x07 \x01(\x05H\x03\x88\x01\x01\x12\x12\n\x05min_p\x18\x08 \x01(\x01H\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\t \x01(\x01H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\n \x01(\x01H\x06\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x0b \x01(\x01H\x07\x88\x01\x01\x12\x11\n\x04seed\x18\x0c \x01(\x04H\x08\x88\x01\x01\x12\x0c\n\x04stop\x18\r \x03(\t\x12\x16\n\x0estop_token_ids\x18\x0e \x03(\r\x12\x17\n\nmin_tokens\x18\x0f \x01(\rH\t\x88\x01\x01\x12\x17\n\nignore_eos\x18\x10 \x01(\x08H\n\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\r\n\x0b_min_tokensB\r\n\x0b_ignore_eos\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\"\x8a\x01\n\x10GenerateResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x11\n\ttoken_ids\x18\x04 \x03(\r\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12#\n\x05usage\x18\x06 \x01(\x0b\x32\x14.serve_app.llm.Usage\"\x87\x01\n\rGenerateChunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x11\n\ttoken_ids\x18\x04 \x03(\r\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12#\n\x05usage\x18\x06 \x01(\x0b\x32\x14.serve_app.llm.Usage2\xa4\x01\n\x03LLM\x12K\n\x08Generate\x12\x1e.serve_app.llm.GenerateRequest\x1a\x1f.serve_app.llm.GenerateResponse\x12P\n\x0eGenerateStream\x12\x1e.serve_app.llm.GenerateRequest\x1a\x1c.serve_app.llm.GenerateChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19serve_app/proto/llm.proto\x12\rserve_app.llm\"\xce\x04\n\x0fGenerateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x18\n\x10prompt_token_ids\x18\x03 \x03(\r\x12\x17\n\nmax_tokens\x18\x04 \x01(\rH\x00\x88\x01\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x01H\x02\x88\x01\x01\x12\x12\n\x05top_k\x18\x07 \x01(\x05H\x03\x88\x01\x01\x12\x12\n\x05min_p\x18\x08 \x01(\x01H\x04\x88\x01\x01\x12\x1d\n\x10presence_penalty\x18\t \x01(\x01H\x05\x88\x01\x01\x12\x1e\n\x11\x66requency_penalty\x18\n \x01(\x01H\x06\x88\x01\x01\x12\x1f\n\x12repetition_penalty\x18\x0b \x01(\x01H\x07\x88\x01\x01\x12\x11\n\x04seed\x18\x0c \x01(\x04H\x08\x88\x01\x01\x12\x0c\n\x04stop\x18\r \x03(\t\x12\x16\n\x0estop_token_ids\x18\x0e \x03(\r\x12\x17\n\nmin_tokens\x18\x0f \x01(\rH\t\x88\x01\x01\x12\x17\n\nignore_eos\x18\x10 \x01(\x08H\n\x88\x01\x01\x12\x15\n\x08logprobs\x18\x11 \x01(\rH\x0b\x88\x01\x01\x42\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x08\n\x06_min_pB\x13\n\x11_presence_penaltyB\x14\n\x12_frequency_penaltyB\x15\n\x13_repetition_penaltyB\x07\n\x05_seedB\r\n\x0b_min_tokensB\r\n\x0b_ignore_eosB\x0b\n\t_logprobs\"\xa9\x01\n\x0cTokenLogprob\x12\x10\n\x08token_id\x18\x01 \x01(\r\x12\x0f\n\x07logprob\x18\x02 \x01(\x01\x12\x42\n\x0ctop_logprobs\x18\x03 \x03(\x0b\x32,.serve_app.llm.TokenLogprob.TopLogprobsEntry\x1a\x32\n\x10TopLogprobsEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\r\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\r\"\xb9\x01\n\x10GenerateResponse\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x11\n\ttoken_ids\x18\x04 \x03(\r\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12#\n\x05usage\x18\x06 \x01(\x0b\x32\x14.serve_app.llm.Usage\x12-\n\x08logprobs\x18\x07 \x03(\x0b\x32\x1b.serve_app.llm.TokenLogprob\"\xb6\x01\n\rGenerateChunk\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x11\n\ttoken_ids\x18\x04 \x03(\r\x12\x15\n\rfinish_reason\x18\x05 \x01(\t\x12#\n\x05usage\x18\x06 \x01(\x0b\x32\x14.serve_app.llm.Usage\x12-\n\x08logprobs\x18\x07 \x03(\x0b\x32\x1b.serve_app.llm.TokenLogprob2\xa4\x01\n\x03LLM\x12K\n\x08Generate\x12\x1e.serve_app.llm.GenerateRequest\x1a\x1f.serve_app.llm.GenerateResponse\x12P\n\x0eGenerateStream\x12\x1e.serve_app.llm.GenerateRequest\x1a\x1c.serve_app.llm.GenerateChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'serve_app.proto.llm_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_TOKENLOGPROB_TOPLOGPROBSENTRY']._loaded_options = None
+  _globals['_TOKENLOGPROB_TOPLOGPROBSENTRY']._serialized_options = b'8\001'
   _globals['_GENERATEREQUEST']._serialized_start=45
-  _globals['_GENERATEREQUEST']._serialized_end=599
-  _globals['_USAGE']._serialized_start=601
-  _globals['_USAGE']._serialized_end=680
-  _globals['_GENERATERESPONSE']._serialized_start=683
-  _globals['_GENERATERESPONSE']._serialized_end=821
-  _globals['_GENERATECHUNK']._serialized_start=824
-  _globals['_GENERATECHUNK']._serialized_end=959
-  _globals['_LLM']._serialized_start=962
-  _globals['_LLM']._serialized_end=1126
+  _globals['_GENERATEREQUEST']._serialized_end=635
+  _globals['_TOKENLOGPROB']._serialized_start=638
+  _globals['_TOKENLOGPROB']._serialized_end=807
+  _globals['_TOKENLOGPROB_TOPLOGPROBSENTRY']._serialized_start=757
+  _globals['_TOKENLOGPROB_TOPLOGPROBSENTRY']._serialized_end=807
+  _globals['_USAGE']._serialized_start=809
+  _globals['_USAGE']._serialized_end=888
+  _globals['_GENERATERESPONSE']._serialized_start=891
+  _globals['_GENERATERESPONSE']._serialized_end=1076
+  _globals['_GENERATECHUNK']._serialized_start=1079
+  _globals['_GENERATECHUNK']._serialized_end=1261
+  _globals['_LLM']._serialized_start=1264
+  _globals['_LLM']._serialized_end=1428
 # @@protoc_insertion_point(module_scope)

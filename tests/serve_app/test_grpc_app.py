@@ -134,6 +134,21 @@ def test_stop_string_seed_and_penalties_match_http(stub, live_app):
     assert once.text == http_text(live_app, **sampled)["choices"][0]["text"]
 
 
+def test_logprobs_match_http_and_the_stream(stub, live_app):
+    fields = {"prompt": PROMPT, "max_tokens": 6, "temperature": 0, "logprobs": 2}
+    unary = generate(stub, live_app, **fields)
+    assert [entry.token_id for entry in unary.logprobs] == list(unary.token_ids)
+    for entry in unary.logprobs:  # greedy: the sampled token is the top one
+        assert len(entry.top_logprobs) == 2
+        assert entry.logprob == pytest.approx(max(entry.top_logprobs.values()))
+        assert entry.top_logprobs[entry.token_id] == pytest.approx(entry.logprob)
+    over_http = http_text(live_app, **fields)["choices"][0]["logprobs"]["token_logprobs"]
+    assert [entry.logprob for entry in unary.logprobs] == pytest.approx(over_http, abs=1e-5)
+    chunks = generate_stream(stub, live_app, **fields)
+    assert [entry for chunk in chunks for entry in chunk.logprobs] == list(unary.logprobs)
+    assert not generate(stub, live_app, **(fields | {"logprobs": None})).logprobs
+
+
 def test_concurrent_http_and_grpc_all_give_engine_greedy(stub, live_app, engine, tokenizer) -> None:
     prompts = [f"Request number {i} says" for i in range(6)]
     prompt_ids = [tokenizer.encode(p) for p in prompts]
@@ -191,6 +206,7 @@ BAD_REQUESTS = [
     ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
     ({"prompt": "x", "max_tokens": 5000}, "max_tokens"),  # over limits.max_tokens
     ({"prompt": "x", "seed": 2**63}, "seed"),
+    ({"prompt": "x", "logprobs": 21}, "logprobs"),
     ({"prompt": "x", "stop": [""]}, "stop"),
     ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),  # over max_stop_strings
     ({"prompt_token_ids": [5] * 300}, "prompt"),  # over limits.max_prompt_tokens

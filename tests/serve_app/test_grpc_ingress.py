@@ -82,7 +82,7 @@ def test_failures_map_like_their_http_status(
 
 def test_completion_body_carries_only_what_was_set() -> None:
     request = llm_pb2.GenerateRequest(
-        prompt_token_ids=[1, 2, 3], temperature=0.0, max_tokens=5, stop=["\n"], seed=9
+        prompt_token_ids=[1, 2, 3], temperature=0.0, max_tokens=5, stop=["\n"], seed=9, logprobs=0
     )
     body = json.loads(completion_body(request, "tiny"))
     assert body == {
@@ -92,6 +92,7 @@ def test_completion_body_carries_only_what_was_set() -> None:
         "max_tokens": 5,
         "seed": 9,
         "stop": ["\n"],
+        "logprobs": 0,
     }
     named = json.loads(completion_body(llm_pb2.GenerateRequest(model="m", prompt="hi"), "tiny"))
     assert named == {"model": "m", "prompt": "hi"}
