@@ -5,6 +5,8 @@ No `from __future__ import annotations` here: FastAPI must see real types on the
 It authenticates, reads and validates the body, applies the chat template, tokenizes,
 enforces limits, streams choices from a TokenStreamer (token ids only cross it) and turns
 them into text with incremental detokenization and stop strings, as JSON or as SSE.
+The gRPC methods (`Generate`, `GenerateStream`) come from `GrpcMethods` (grpc_ingress.py)
+and run the same steps.
 """
 
 import time
