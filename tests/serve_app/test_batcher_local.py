@@ -203,3 +203,19 @@ def test_reconfigure_changes_the_batch_size_live():
     with pytest.raises(ValueError, match="max_batch_size"):
         batcher.reconfigure({"max_batch_size": 0})
     local.replica.engine.shutdown()
+
+
+def test_batcher_config_names_bad_policy_knobs_and_becomes_user_config():
+    from serve_app.app import BATCHER_NAME, batcher_options
+    from serve_app.config import AppConfigError
+
+    with pytest.raises(AppConfigError, match=r"batcher.policy: .*unknown batch policy.*max_wait"):
+        load_app_config({"batcher": {"policy": {"max_wait": 5}}})
+    with pytest.raises(AppConfigError, match=r"batcher.policy: .*max_batch_size must be"):
+        load_app_config({"batcher.policy.max_batch_size": "0"})
+    config = load_app_config({"batcher.policy.max_wait_ms": "5", "batcher.num_cpus": "0.5"})
+    options = batcher_options(config)
+    assert options["name"] == BATCHER_NAME
+    assert options["user_config"] == {"max_wait_ms": 5}
+    assert options["ray_actor_options"] == {"num_cpus": 0.5}
+    assert load_app_config({}).batcher.enabled
