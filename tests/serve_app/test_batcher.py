@@ -29,6 +29,7 @@ NUM_WARMUP = 20
 # Concurrent requests at a time: a new handle's router queues every call until it has heard
 # of the replicas, and the test app's batcher queues at most MAX_QUEUED (8).
 GROUP = 5
+MAX_EXTRA_GROUPS = 16
 
 
 @pytest.fixture(scope="module")
@@ -118,12 +119,21 @@ async def drain(stream) -> list[int]:
     return [token async for chunk in stream for token in chunk.token_ids]
 
 
-async def warm_up(streamer, tag: str) -> None:
-    """NUM_WARMUP one-token requests, a group at a time (within the batcher's admission)."""
+async def burst(batcher_handle, tag: str, num_groups: int, until_target: int = 1) -> None:
+    """One-token requests, GROUP at a time, at least `num_groups` times and until the policy's
+    target batch size is `until_target` (a loaded machine may need more groups to get there)."""
+    from serve_app.token_stream import HandleTokenStreamer
+
+    streamer = HandleTokenStreamer(batcher_handle)
     short = SamplingParams(max_tokens=1, temperature=0)
-    for group in range(NUM_WARMUP // GROUP):
-        ids = [f"warm-{tag}-{group}-{i}" for i in range(GROUP)]
+    for group in range(num_groups + MAX_EXTRA_GROUPS):
+        if group >= num_groups:
+            stats = await batcher_handle.stats.remote()
+            if stats["target_batch_size"] >= until_target:
+                return
+        ids = [f"burst-{tag}-{group}-{i}" for i in range(GROUP)]
         await asyncio.gather(*(drain(streamer.stream([5, 6], short, id)) for id in ids))
+    raise AssertionError(f"the policy never expected batches of {until_target}: {stats}")
 
 
 def test_leaving_one_request_of_a_batch_aborts_it_alone(
@@ -142,7 +152,7 @@ def test_leaving_one_request_of_a_batch_aborts_it_alone(
 
     async def run():
         streamer = HandleTokenStreamer(batcher_handle)
-        await warm_up(streamer, tag)
+        await burst(batcher_handle, tag, NUM_WARMUP // GROUP, until_target=len(prompts))
         streams = [
             streamer.stream(prompt, long_params[i], f"long-{tag}-{i}")
             for i, prompt in enumerate(prompts)
@@ -172,15 +182,15 @@ def test_leaving_one_request_of_a_batch_aborts_it_alone(
 
 
 def test_reconfigure_changes_the_batch_size_live(batcher_handle):
-    from serve_app.token_stream import HandleTokenStreamer
-
     tag = uuid.uuid4().hex[:8]
 
     def burst_sizes(knobs: dict, name: str) -> tuple[set[int], int]:
         batcher_handle.reconfigure.remote(knobs).result()
+        # Enough recent arrivals that the policy expects batches of 3 (when allowed).
+        target = min(3, knobs["max_batch_size"])
+        asyncio.run(burst(batcher_handle, f"warm-{name}-{tag}", 1, until_target=target))
         before = batcher_handle.stats.remote().result()["batch_size_counts"]
-
-        asyncio.run(warm_up(HandleTokenStreamer(batcher_handle), f"{name}-{tag}"))
+        asyncio.run(burst(batcher_handle, f"{name}-{tag}", NUM_WARMUP // GROUP))
         stats = batcher_handle.stats.remote().result()
         assert stats["policy"]["max_batch_size"] == knobs["max_batch_size"]
         after = stats["batch_size_counts"]
