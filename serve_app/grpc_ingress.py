@@ -89,9 +89,11 @@ def failure_of(error: Exception, retry_after_s: int) -> GrpcFailure:
     )
 
 
-def completion_body(request: llm_pb2.GenerateRequest, default_model: str) -> bytes:
+def completion_body(
+    request: llm_pb2.GenerateRequest, default_model: str, default_max_tokens: int
+) -> bytes:
     """The /v1/completions JSON body equivalent to a GenerateRequest (after its own checks)."""
-    parsed = parse_generate_request(request)
+    parsed = parse_generate_request(request, max_tokens=default_max_tokens)
     body: dict[str, Any] = {
         "model": parsed.model or default_model,
         "prompt": parsed.prompt if parsed.prompt is not None else parsed.prompt_token_ids,
@@ -189,7 +191,8 @@ class GrpcMethods:
             raise APIError(
                 413, f"the request is {size} bytes; at most {limit} are allowed", code="too_large"
             )
-        completion = parse_request(CompletionRequest, completion_body(request, self.model_name))
+        body = completion_body(request, self.model_name, self.limits.default_max_tokens)
+        completion = parse_request(CompletionRequest, body)
         check_model(completion.model, self.model_name)
         prompts = completion_prompts(completion, self.tokenizer)
         response_id = new_id("cmpl")

@@ -87,8 +87,12 @@ class GenerateInput:
         return SamplingParams(**{**defaults, **self.sampling_kwargs})
 
 
-def parse_generate_request(request: llm_pb2.GenerateRequest) -> GenerateInput:
-    """Validate a GenerateRequest; bad input raises GrpcRequestError(INVALID_ARGUMENT)."""
+def parse_generate_request(request: llm_pb2.GenerateRequest, **defaults: object) -> GenerateInput:
+    """Validate a GenerateRequest; bad input raises GrpcRequestError(INVALID_ARGUMENT).
+
+    `defaults` are the server's SamplingParams defaults for unset fields (the ingress passes
+    its `limits.default_max_tokens`), so the range checks see what the request will run with.
+    """
     has_text, has_ids = bool(request.prompt), len(request.prompt_token_ids) > 0
     if has_text == has_ids:
         raise invalid_argument(
@@ -109,7 +113,7 @@ def parse_generate_request(request: llm_pb2.GenerateRequest) -> GenerateInput:
         stop=list(request.stop),
     )
     try:
-        parsed.sampling_params()  # the engine's own range checks, once, here
+        parsed.sampling_params(**defaults)  # the engine's own range checks, once, here
     except SamplingParamsError as error:
         field_name = str(error).split(" ", 1)[0]
         raise GrpcRequestError(grpc.StatusCode.INVALID_ARGUMENT, str(error), field_name) from None

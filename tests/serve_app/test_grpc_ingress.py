@@ -84,7 +84,7 @@ def test_completion_body_carries_only_what_was_set() -> None:
     request = llm_pb2.GenerateRequest(
         prompt_token_ids=[1, 2, 3], temperature=0.0, max_tokens=5, stop=["\n"], seed=9, logprobs=0
     )
-    body = json.loads(completion_body(request, "tiny"))
+    body = json.loads(completion_body(request, "tiny", 16))
     assert body == {
         "model": "tiny",
         "prompt": [1, 2, 3],
@@ -94,14 +94,14 @@ def test_completion_body_carries_only_what_was_set() -> None:
         "stop": ["\n"],
         "logprobs": 0,
     }
-    named = json.loads(completion_body(llm_pb2.GenerateRequest(model="m", prompt="hi"), "tiny"))
+    named = json.loads(completion_body(llm_pb2.GenerateRequest(model="m", prompt="hi"), "tiny", 16))
     assert named == {"model": "m", "prompt": "hi"}
 
 
 def test_completion_body_refuses_two_prompt_forms() -> None:
     request = llm_pb2.GenerateRequest(prompt="hi", prompt_token_ids=[1])
     with pytest.raises(GrpcRequestError) as caught:
-        completion_body(request, "tiny")
+        completion_body(request, "tiny", 16)
     assert (caught.value.code, caught.value.field_name) == (
         grpc.StatusCode.INVALID_ARGUMENT,
         "prompt",
@@ -120,3 +120,11 @@ def test_dev_yaml_serves_the_llm_service_on_port_9000() -> None:
     module, name = path.rsplit(".", 1)
     assert importlib.import_module(module) is llm_pb2_grpc
     assert getattr(llm_pb2_grpc, name) is llm_pb2_grpc.add_LLMServicer_to_server
+
+
+def test_min_tokens_is_checked_against_the_servers_default_max_tokens() -> None:
+    request = llm_pb2.GenerateRequest(prompt="hi", min_tokens=40)  # no max_tokens
+    assert json.loads(completion_body(request, "tiny", 64))["min_tokens"] == 40
+    with pytest.raises(GrpcRequestError) as caught:
+        completion_body(request, "tiny", 32)
+    assert caught.value.field_name == "min_tokens"
