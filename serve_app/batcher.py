@@ -16,13 +16,15 @@ the batcher sends the request id there: the replica cancels that request alone, 
 in the engine and freeing its KV blocks, while the rest of the batch streams on. When the
 last live caller of a batch leaves, the batcher cancels the whole batch stream instead,
 which cancels everything it still runs. A leave before the BatchStart arrives is queued and
-sent when it does.
+sent when it does. Batch calls run outside any caller's Serve request context, so that
+no caller's cancellation reaches a batch it shares with others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import os
 import time
@@ -104,7 +106,12 @@ class Batcher:
         self, prompt_ids: list[int], params: SamplingParams, request_id: str
     ) -> AsyncIterator[TokenChunk]:
         if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush_forever())
+            # A fresh context: Serve's request context (a contextvar) would otherwise make
+            # every forwarded batch a child of this first request, and cancelling that
+            # request would cancel batch calls still waiting for a replica.
+            self._flusher = asyncio.get_running_loop().create_task(
+                self._flush_forever(), context=contextvars.Context()
+            )
         waiter = _Waiter(RequestState(request_id, list(prompt_ids), params), time.monotonic())
         self._queue.append(waiter)
         self._live[request_id] = waiter.state
@@ -214,7 +221,8 @@ class Batcher:
                     self._deliver(batch, tagged)
             stream_ended = True
             self._fail(batch, RuntimeError("the replica's batch stream ended early"))
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # by _leave once nobody waits; else tell those left
+            self._fail(batch, ReplicaAbortedError("the batch call was cancelled"))
             raise
         except Exception as error:  # the replica or the call failed: tell every caller
             stream_ended = True
