@@ -10,6 +10,7 @@ from serve_app.engine.config import EngineConfig
 from serve_app.engine.engine import LLMEngine
 from serve_app.engine.sampling_params import SamplingParams
 from serve_app.engine.tiny import resolve_model_dir
+from tests.serve_app.replica_idle import wait_for_idle
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -138,7 +139,7 @@ def test_stop_string_ends_the_text_before_it(client, replica_handle):
         client, model="tiny", prompt=PROMPT, max_tokens=24, temperature=0, stop=stop
     )
     assert (streamed, finish) == (expected, ["stop"])
-    assert replica_handle.stats.remote().result()["num_running"] == 0
+    assert wait_for_idle(replica_handle)["num_running"] == 0
 
 
 def test_seeded_sampling_is_reproducible(client):

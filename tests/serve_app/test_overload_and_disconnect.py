@@ -10,6 +10,8 @@ import time
 import httpx
 import pytest
 
+from tests.serve_app.replica_idle import wait_for_idle
+
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 
@@ -61,22 +63,7 @@ def test_flood_gets_successes_or_429_with_retry_after(live_app, replica_handle):
         else:
             assert payload["finish_reason"] in ("stop", "length")  # admitted ones complete
     assert elapsed < 100
-    assert replica_handle.stats.remote().result()["num_running"] == 0
-
-
-def wait_for_idle(replica_handle, timeout_s: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        stats = replica_handle.stats.remote().result()
-        idle = (
-            stats["num_running"] == 0
-            and stats["num_waiting"] == 0
-            and stats["num_used_kv_blocks"] == 0
-            and stats["num_active_streams"] == 0
-        )
-        if idle or time.monotonic() > deadline:
-            return stats
-        time.sleep(0.2)
+    assert wait_for_idle(replica_handle)["num_running"] == 0
 
 
 def test_disconnect_mid_stream_frees_the_replica(live_app, replica_handle):
