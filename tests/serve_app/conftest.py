@@ -128,3 +128,24 @@ def client(live_app: LiveApp):
     return openai.OpenAI(
         base_url=live_app.api_url, api_key=live_app.api_key, max_retries=0, timeout=60
     )
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    """The tiny model's tokenizer, as the ingress loads it."""
+    from transformers import AutoTokenizer
+
+    from serve_app.engine.tiny import resolve_model_dir
+
+    return AutoTokenizer.from_pretrained(resolve_model_dir("tiny"))
+
+
+@pytest.fixture(scope="session")
+def engine(live_app: LiveApp):
+    """The session app's engine settings in-process: the reference for greedy outputs."""
+    from serve_app.engine.config import EngineConfig
+    from serve_app.engine.engine import LLMEngine
+
+    engine = LLMEngine(EngineConfig.from_dict(live_app.args["engine"] | {"model": "tiny"}))
+    yield engine
+    engine.shutdown()

@@ -13,8 +13,6 @@ import httpx
 import pytest
 from transformers import AutoTokenizer
 
-from serve_app.engine.config import EngineConfig
-from serve_app.engine.engine import LLMEngine
 from serve_app.engine.sampling_params import SamplingParams
 from serve_app.engine.tiny import resolve_model_dir
 
@@ -30,13 +28,6 @@ NUM_WARMUP = 20
 # of the replicas, and the test app's batcher queues at most MAX_QUEUED (8).
 GROUP = 5
 MAX_EXTRA_GROUPS = 16
-
-
-@pytest.fixture(scope="module")
-def engine(live_app):
-    engine = LLMEngine(EngineConfig.from_dict(live_app.args["engine"] | {"model": "tiny"}))
-    yield engine
-    engine.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -6,15 +6,9 @@ from __future__ import annotations
 import random
 
 import pytest
-from transformers import AutoTokenizer
 
 from serve_app.detokenizer import IncrementalDetokenizer
-from serve_app.engine.tiny import BOS_ID, EOS_ID, resolve_model_dir
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(resolve_model_dir("tiny"))
+from serve_app.engine.tiny import BOS_ID, EOS_ID
 
 
 def stream_text(tokenizer, token_ids: list[int]) -> tuple[str, list[str]]:

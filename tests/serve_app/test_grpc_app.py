@@ -15,12 +15,8 @@ from pathlib import Path
 import grpc
 import httpx
 import pytest
-from transformers import AutoTokenizer
 
-from serve_app.engine.config import EngineConfig
-from serve_app.engine.engine import LLMEngine
 from serve_app.engine.sampling_params import SamplingParams
-from serve_app.engine.tiny import resolve_model_dir
 from serve_app.proto import llm_pb2, llm_pb2_grpc
 from tests.serve_app.replica_idle import wait_for_idle
 
@@ -29,18 +25,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 PROMPT = "The quick brown fox"
 APP_NAME = "llm"  # conftest.APP_NAME: the `application` metadata routes to it
 TIGHT_APP = "grpc-tight"
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(resolve_model_dir("tiny"))
-
-
-@pytest.fixture(scope="module")
-def engine(live_app):
-    engine = LLMEngine(EngineConfig.from_dict(live_app.args["engine"] | {"model": "tiny"}))
-    yield engine
-    engine.shutdown()
 
 
 @pytest.fixture(scope="module")

@@ -4,30 +4,14 @@ stop strings, max_tokens, seeds, and greedy output equal to the engine's own."""
 from __future__ import annotations
 
 import pytest
-from transformers import AutoTokenizer
 
-from serve_app.engine.config import EngineConfig
-from serve_app.engine.engine import LLMEngine
 from serve_app.engine.sampling_params import SamplingParams
-from serve_app.engine.tiny import resolve_model_dir
 from tests.serve_app.replica_idle import wait_for_idle
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 PROMPT = "The quick brown fox"
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return AutoTokenizer.from_pretrained(resolve_model_dir("tiny"))
-
-
-@pytest.fixture(scope="module")
-def engine(live_app):
-    engine = LLMEngine(EngineConfig.from_dict(live_app.args["engine"] | {"model": "tiny"}))
-    yield engine
-    engine.shutdown()
 
 
 def stream_completion(client, **kwargs):
