@@ -83,15 +83,18 @@ def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
 
     keys_file = tmp_path_factory.mktemp("auth") / "keys.txt"
     keys_file.write_text(f"# test keys\n{API_KEY}\nsecond-key\n")
-    port, metrics_port, grpc_port = free_port(), free_port(), free_port()
+    metrics_port = free_port()
     ray.init(
         address="local",
+        _node_ip_address="127.0.0.1",  # Ray's nodes talk to each other over loopback
         num_cpus=4,  # logical CPUs: room for extra test apps beside the shared one
         object_store_memory=256 * 2**20,  # tests move token ids, not tensors
         include_dashboard=False,
         log_to_driver=False,
         _metrics_export_port=metrics_port,
     )
+    # Picked once Ray's own servers hold their ports, so they cannot take these.
+    port, grpc_port = free_port(), free_port()
     try:
         serve.start(
             http_options={"host": "127.0.0.1", "port": port},
