@@ -7,7 +7,10 @@ local Ray + Serve on a free loopback port runs serve_app.app:build_app with the 
 measured by bench/serve_load.py's client over HTTP/SSE with the same two loads; (3) the
 same with `batcher.enabled=false`. Every system uses the same engine settings, the same
 token-id prompts and output lengths, ignore_eos and temperature 1.0, so the work is
-identical. Prints one table per model and the issue-6 target checks (bench/compare_report.py).
+identical. Every system is asked for logprobs=0, so the HTTP stream carries one chunk per
+token even when the random-weight model's token has no text (most of the `bench` preset's
+32000 ids decode to nothing): TTFT and TPOT are token times on every row. Prints one
+table per model and the issue-6 target checks (bench/compare_report.py).
 
     .venv/bin/python -m bench.serve_compare --models tiny bench
 """
@@ -42,6 +45,7 @@ from serve_app.engine.sampling_params import SamplingParams
 
 APP_NAME = "serve_compare"
 WARMUP_REQUESTS = 8
+LOGPROBS = 0  # the chosen token's logprob only: a chunk per token over HTTP too
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -83,7 +87,9 @@ def workloads(args: argparse.Namespace) -> tuple[list[WorkItem], list[WorkItem]]
 
 def sampling_params(item: WorkItem) -> SamplingParams:
     """What the ingress builds from serve_load's request body."""
-    return SamplingParams(max_tokens=item.max_tokens, temperature=1.0, ignore_eos=True)
+    return SamplingParams(
+        max_tokens=item.max_tokens, temperature=1.0, ignore_eos=True, logprobs=LOGPROBS
+    )
 
 
 # ---- offline ------------------------------------------------------------------------------
@@ -161,7 +167,12 @@ def run_served(args, model, port, batcher, saturation, single) -> SystemResult:
     serve.run(build_app(app_args(args, model, batcher)), name=APP_NAME, route_prefix="/")
     try:
         client = argparse.Namespace(
-            url=f"http://127.0.0.1:{port}", model=model, api_key=None, rate=None, timeout=300.0
+            url=f"http://127.0.0.1:{port}",
+            model=model,
+            api_key=None,
+            rate=None,
+            timeout=300.0,
+            logprobs=LOGPROBS,
         )
 
         async def measure() -> tuple[LoadReport, LoadReport]:

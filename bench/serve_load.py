@@ -76,9 +76,18 @@ def poisson_send_times(num_requests: int, rate_per_s: float, seed: int) -> list[
 
 
 async def send_one(
-    client: httpx.AsyncClient, url: str, model: str, item: WorkItem, headers: dict[str, str]
+    client: httpx.AsyncClient,
+    url: str,
+    model: str,
+    item: WorkItem,
+    headers: dict[str, str],
+    logprobs: int | None = None,
 ) -> RequestRecord:
-    """Stream one completion; every failure ends up in the record, never raised."""
+    """Stream one completion; every failure ends up in the record, never raised.
+
+    `logprobs` (0 or more) makes the server send a chunk for every token, even one whose
+    text is held back or empty (random-weight models emit many such tokens), so the
+    measured TTFT and inter-token times are those of tokens, not of text."""
     body = {
         "model": model,
         "prompt": item.prompt,
@@ -88,6 +97,8 @@ async def send_one(
         "temperature": 1.0,
         "ignore_eos": True,  # an extra field: servers that know it generate max_tokens
     }
+    if logprobs is not None:
+        body["logprobs"] = logprobs
     record = RequestRecord(
         sent_s=time.perf_counter(), prompt_len=item.prompt_len, max_tokens=item.max_tokens
     )
@@ -142,7 +153,9 @@ async def run_load(args: argparse.Namespace, workload: list[WorkItem]) -> tuple[
     async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
 
         async def run(index: int) -> None:
-            records[index] = await send_one(client, url, args.model, workload[index], headers)
+            records[index] = await send_one(
+                client, url, args.model, workload[index], headers, getattr(args, "logprobs", None)
+            )
             progress.update(1)
 
         start = time.perf_counter()
@@ -184,6 +197,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--token-prompts",
         action="store_true",
         help="send prompts as token-id lists (ids < 256) instead of text",
+    )
+    parser.add_argument(
+        "--logprobs",
+        type=int,
+        help="ask for N logprobs per token: one chunk per token, even with no text",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=300.0, help="per request, seconds")
