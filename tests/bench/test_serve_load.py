@@ -97,6 +97,7 @@ def test_measured_latencies_match_the_known_delays(stand_in_server, tmp_path: Pa
     assert {body["model"] for body in received} == {"stand-in"}
     assert {body["max_tokens"] for body in received} == {6}
     assert all(10 <= len(body["prompt"]) <= 20 and body["ignore_eos"] for body in received)
+    assert not any("logprobs" in body for body in received)  # only when asked for
 
     out = capsys.readouterr().out
     assert "TTFT (ms)" in out and "9 ok, 3 failed, of 12" in out
@@ -110,6 +111,8 @@ def test_poisson_mode_sends_open_loop(stand_in_server, tmp_path: Path):
     args = ["--url", url, "--rate", "50", "--num-requests", "6", "--output-len-range", "2", "3"]
     args += [
         "--token-prompts",
+        "--logprobs",
+        "0",
         "--prompt-len-range",
         "4",
         "4",
@@ -119,6 +122,7 @@ def test_poisson_mode_sends_open_loop(stand_in_server, tmp_path: Path):
     report = main(args)
     assert report.num_requests == 6 and report.num_errors == 6 // FAIL_EVERY
     assert all(body["prompt"] and all(0 <= t < 256 for t in body["prompt"]) for body in received)
+    assert [body["logprobs"] for body in received] == [0] * 6
     # open loop: the six requests overlap, so the run is far shorter than six in a row
     assert report.duration_s < 6 * FIRST_TOKEN_DELAY_S
 
