@@ -1,4 +1,4 @@
-"""bench/compare_report.py: the side-by-side table and the target checks, on made-up runs."""
+"""bench/compare_report.py on made-up runs, and serve_compare's app config vs its offline engine."""
 
 from __future__ import annotations
 
@@ -73,3 +73,17 @@ def test_table_has_one_row_per_system_and_the_checks() -> None:
     assert lines[4].startswith(f"| {GRAPH_DIRECT} | 390.0 | 97.5% | 30.0 |")
     assert "- PASS: saturation throughput" in text and "95.0%" in text
     assert "- PASS: c=1 median TTFT" in text and "+4.5 ms" in text
+
+
+@pytest.mark.parametrize("batcher", [True, False])
+def test_serve_compare_app_config_matches_the_offline_engine(batcher: bool) -> None:
+    from bench.serve_compare import app_args, engine_settings, parse_args
+    from serve_app.config import load_app_config
+    from serve_app.engine.config import EngineConfig
+
+    args = parse_args(["--models", "bench", "--max-num-seqs", "16", "--kv-cache-mib", "64"])
+    config = load_app_config(app_args(args, "bench", batcher))
+    assert config.batcher.enabled is batcher
+    assert config.engine == EngineConfig(model="bench", **engine_settings(args))
+    assert (config.engine.max_num_seqs, config.engine.kv_cache_memory_bytes) == (16, 64 << 20)
+    assert config.replica.max_ongoing_requests >= args.concurrency  # batcher off: 1 per request
