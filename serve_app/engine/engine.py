@@ -58,14 +58,10 @@ class LLMEngine:
             ),
             self.block_manager,
         )
-        self.sampler = Sampler(config.seed, self.executor_device)
+        # The sampler runs beside rank 0, on its device.
+        self.sampler = Sampler(config.seed, self.executor.runner.device)
         self.sequences: dict[str, Sequence] = {}
         self._arrivals = itertools.count()
-
-    @property
-    def executor_device(self):
-        runner = getattr(self.executor, "runner", None)
-        return runner.device if runner is not None else "cpu"
 
     # ---- requests ---------------------------------------------------------------------
     def add_request(

@@ -21,6 +21,7 @@ from serve_app.engine.parallel import SINGLE_DEVICE, check_tensor_parallel_sizes
 
 
 class Executor(Protocol):
+    runner: ModelRunner  # rank 0's, in the engine's process: logits and sampling live there
     max_model_len: int
     num_kv_blocks: int
     vocab_size: int
