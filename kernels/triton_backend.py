@@ -50,7 +50,7 @@ class TritonAttentionBackend:
         v_cache: torch.Tensor,
         metadata: PagedAttentionInputs,
     ) -> None:
-        store_kv(key, value, k_cache, v_cache, metadata.slot_mapping)
+        store_kv(_unit_stride(key), _unit_stride(value), k_cache, v_cache, metadata.slot_mapping)
 
     def attend(
         self,
@@ -61,7 +61,7 @@ class TritonAttentionBackend:
         scale: float,
     ) -> torch.Tensor:
         return paged_attention(
-            query,
+            _unit_stride(query),
             k_cache,
             v_cache,
             metadata.block_tables,
@@ -73,3 +73,9 @@ class TritonAttentionBackend:
             scale,
             unified=self.unified,
         )
+
+
+def _unit_stride(tensor: torch.Tensor) -> torch.Tensor:
+    """The kernels read head_dim with stride 1; on CPU the projections return transposed
+    views (serve_app/engine/layers/linear.py), copied here (on GPU this is a no-op)."""
+    return tensor if tensor.stride(-1) == 1 else tensor.contiguous()

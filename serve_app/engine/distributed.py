@@ -93,9 +93,12 @@ class TensorParallelGroup:
         self._closed = False
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Sum over ranks, in place on a contiguous tensor (returned for chaining)."""
-        assert tensor.is_contiguous(), "all_reduce needs a contiguous tensor"
-        self._backend.allreduce([tensor]).wait()
+        """Sum over ranks, in place (returned for chaining). The tensor must be contiguous,
+        or a 2-D transposed view of a contiguous one (what the CPU `linear` returns): the
+        sum is elementwise, so that one is reduced through its contiguous transpose."""
+        dense = tensor if tensor.is_contiguous() else tensor.t()
+        assert dense.is_contiguous(), "all_reduce needs a contiguous tensor or its transpose"
+        self._backend.allreduce([dense]).wait()
         return tensor
 
     def gather_to_first_rank(self, tensor: torch.Tensor) -> list[torch.Tensor] | None:

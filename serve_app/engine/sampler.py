@@ -126,21 +126,27 @@ class Sampler:
         noise = torch.empty_like(probs)
         unseeded = [n for n, i in enumerate(indices) if rows[i].params.seed is None]
         if unseeded:
-            noise[unseeded] = torch.empty(
-                len(unseeded), probs.shape[1], device=probs.device
-            ).exponential_(generator=self.generator)
+            noise[unseeded] = exponential_noise(
+                (len(unseeded), probs.shape[1]), probs.device, self.generator
+            )
         for n, i in enumerate(indices):
             params = rows[i].params
             if params.seed is not None:
                 seeded = torch.Generator(device=probs.device).manual_seed(
                     seeded_noise_seed(params.seed, len(rows[i].output_token_ids))
                 )
-                noise[n] = torch.empty(probs.shape[1], device=probs.device).exponential_(
-                    generator=seeded
-                )
+                noise[n] = exponential_noise((probs.shape[1],), probs.device, seeded)
             if params.top_k or params.top_p < 1.0 or params.min_p:
                 probs[n] = truncate_probs(probs[n], params.top_k, params.top_p, params.min_p)
         tokens[indices] = (probs / noise).argmax(dim=-1)
+
+
+def exponential_noise(
+    shape: tuple[int, ...], device: torch.device, generator: torch.Generator
+) -> torch.Tensor:
+    """Exp(1) samples as -log(U), U uniform: on CPU `Tensor.exponential_` draws one value at a
+    time on one thread (21 ms for 32 x 32000), `rand` + `log` take about 3 ms."""
+    return torch.rand(shape, device=device, generator=generator).log_().neg_()
 
 
 def _token_logprobs(logprobs: torch.Tensor, token_id: int, num_top: int) -> TokenLogprobs:

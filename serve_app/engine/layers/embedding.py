@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from serve_app.engine.layers.linear import linear
 from serve_app.engine.parallel import ParallelContext
 
 
@@ -37,5 +38,5 @@ class ParallelLMHead(VocabParallelEmbedding):
     """Projects hidden states to logits; rank 0 receives the full vocabulary, others None."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor | None:  # type: ignore[override]
-        local_logits = F.linear(hidden, self.weight)  # (tokens, vocab_per_rank)
+        local_logits = linear(hidden, self.weight)  # (tokens, vocab_per_rank)
         return self.ctx.gather_last_dim_to_first_rank(local_logits)
