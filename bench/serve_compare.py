@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-num-seqs", type=int, default=32)
     parser.add_argument("--kv-cache-mib", type=int, default=128)
     parser.add_argument("--replica-cpus", type=float, default=2.0, help="torch threads too")
+    parser.add_argument(
+        "--stream-interval",
+        type=int,
+        default=1,
+        help="the served app's replica.stream_interval_tokens (tokens per streamed message)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -151,6 +157,7 @@ def app_args(args: argparse.Namespace, model: str, batcher: bool) -> dict:
             "num_cpus": args.replica_cpus,
             "max_ongoing_requests": limit,
             "max_queued_requests": limit,
+            "stream_interval_tokens": args.stream_interval,
         },
         "ingress": {"num_cpus": 0.25},
         "batcher": {"enabled": batcher, "num_cpus": 0.25, "max_ongoing_requests": limit},
@@ -188,7 +195,10 @@ def run_served(args, model, port, batcher, saturation, single) -> SystemResult:
         sat, one = asyncio.run(measure())
     finally:
         serve.delete(APP_NAME)
-    return SystemResult(GRAPH_BATCHER if batcher else GRAPH_DIRECT, sat, one)
+    name = GRAPH_BATCHER if batcher else GRAPH_DIRECT
+    if args.stream_interval > 1:
+        name += f" (stream interval {args.stream_interval})"
+    return SystemResult(name, sat, one)
 
 
 def start_serve() -> int:

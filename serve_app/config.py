@@ -65,6 +65,9 @@ class ReplicaSettings(_Section):
     graceful_shutdown_timeout_s: float = Field(20.0, ge=0)
     # An engine loop silent this long is unhealthy; its idle loop wakes every second, so >= 2.
     stall_timeout_s: float = Field(60.0, ge=2.0)
+    # Tokens per streamed message after the first (serve_app/chunk_coalescer.py): 1 streams
+    # every token at once; N holds a request's tokens until N are ready or it finishes.
+    stream_interval_tokens: int = Field(1, ge=1, le=4096)
 
 
 class BatcherSettings(_Section):

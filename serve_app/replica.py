@@ -20,6 +20,7 @@ import ray
 
 from serve_app.abort_channel import AbortListener
 from serve_app.batch_messages import BatchRequest, BatchStart, TaggedChunk
+from serve_app.chunk_coalescer import ChunkCoalescer
 from serve_app.config import AppConfig
 from serve_app.engine.async_engine import AsyncEngine
 from serve_app.engine.sampling_params import SamplingParams
@@ -42,7 +43,10 @@ class ModelReplica:
         self.metrics = ReplicaMetrics.create()
         self._metrics_task: asyncio.Task | None = None
         self.num_cancelled_streams = 0  # callers that left before their request finished
-        self.batches = BatchRunner(self.engine, on_cancelled=self._count_cancelled)
+        self.stream_interval_tokens = config.replica.stream_interval_tokens
+        self.batches = BatchRunner(
+            self.engine, self.stream_interval_tokens, on_cancelled=self._count_cancelled
+        )
         self._abort_listener: AbortListener | None = None
 
     async def generate(
@@ -50,10 +54,13 @@ class ModelReplica:
     ) -> AsyncIterator[TokenChunk]:
         self._start_metrics()
         finished = False
+        coalescer = ChunkCoalescer(self.stream_interval_tokens)
         try:
             async for output in self.engine.generate(prompt_ids, params, request_id):
                 finished = output.finished
-                yield chunk_from_output(output)
+                chunk = coalescer.add(chunk_from_output(output))
+                if chunk is not None:
+                    yield chunk
         finally:
             if not finished:
                 self._count_cancelled()

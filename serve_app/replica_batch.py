@@ -17,6 +17,7 @@ from contextlib import aclosing
 from typing import Any
 
 from serve_app.batch_messages import BatchRequest, BatchStart, TaggedChunk
+from serve_app.chunk_coalescer import ChunkCoalescer
 from serve_app.engine.async_engine import AsyncEngine
 from serve_app.engine.request_output import RequestOutput
 from serve_app.token_stream import TokenChunk
@@ -34,8 +35,14 @@ def chunk_from_output(output: RequestOutput) -> TokenChunk:
 
 
 class BatchRunner:
-    def __init__(self, engine: AsyncEngine, on_cancelled: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        stream_interval_tokens: int,
+        on_cancelled: Callable[[], None],
+    ) -> None:
         self._engine = engine
+        self._stream_interval_tokens = stream_interval_tokens  # serve_app/chunk_coalescer.py
         self._on_cancelled = on_cancelled  # one call per request that ends unfinished
         self._tasks: dict[str, asyncio.Task] = {}  # live requests of every batch, by id
 
@@ -75,12 +82,15 @@ class BatchRunner:
 
     async def _run_one(self, request: BatchRequest, outputs: asyncio.Queue) -> None:
         finished = False
+        coalescer = ChunkCoalescer(self._stream_interval_tokens)
         try:
             stream = self._engine.generate(request.prompt_ids, request.params, request.request_id)
             async with aclosing(stream):  # closing it aborts the request in the engine
                 async for output in stream:
                     finished = output.finished
-                    outputs.put_nowait(TaggedChunk(request.request_id, chunk_from_output(output)))
+                    chunk = coalescer.add(chunk_from_output(output))
+                    if chunk is not None:
+                        outputs.put_nowait(TaggedChunk(request.request_id, chunk))
         except asyncio.CancelledError:
             outputs.put_nowait(TaggedChunk(request.request_id, None))
         except Exception as error:  # this request only: the batch goes on

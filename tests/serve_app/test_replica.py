@@ -38,6 +38,21 @@ def test_streams_the_engines_greedy_tokens_and_counts():
     replica.engine.shutdown()
 
 
+def test_stream_interval_groups_tokens_without_changing_them():
+    replica = make_replica(stream_interval_tokens=4)
+    params = SamplingParams(max_tokens=10, temperature=0, ignore_eos=True)
+    [expected] = LLMEngine(load_app_config(ARGS).engine).generate([PROMPT], params)
+
+    async def run():
+        return [chunk async for chunk in replica.generate(PROMPT, params, "r1")]
+
+    chunks = [chunk for chunk in asyncio.run(run()) if chunk.token_ids]
+    assert [t for chunk in chunks for t in chunk.token_ids] == expected
+    assert [len(chunk.token_ids) for chunk in chunks] == [1, 4, 4, 1]
+    assert chunks[-1].finished and chunks[-1].num_output_tokens == 10
+    replica.engine.shutdown()
+
+
 def test_leaving_early_aborts_and_frees_kv_blocks():
     replica = make_replica()
     params = SamplingParams(max_tokens=1000, temperature=0, ignore_eos=True)

@@ -52,6 +52,28 @@ def test_a_batch_streams_each_requests_greedy_tokens():
     replica.engine.shutdown()
 
 
+def test_a_batch_groups_each_requests_tokens_by_the_stream_interval():
+    replica = ModelReplica(load_app_config({**ARGS, "replica": {"stream_interval_tokens": 3}}))
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    sizes: dict[str, list[int]] = {f"r{i}": [] for i in range(3)}
+
+    async def run():
+        stream = replica.generate_batch(batch(params))
+        await anext(stream)  # BatchStart
+        tokens = {name: [] for name in sizes}
+        async for messages in stream:
+            for message in messages:
+                if message.chunk is not None and message.chunk.token_ids:
+                    sizes[message.request_id].append(len(message.chunk.token_ids))
+                    tokens[message.request_id] += message.chunk.token_ids
+        return tokens
+
+    tokens = asyncio.run(run())
+    assert [tokens[f"r{i}"] for i in range(3)] == expected_tokens(params)
+    assert all(group == [1, 3, 3, 1] for group in sizes.values()), sizes
+    replica.engine.shutdown()
+
+
 def test_aborting_one_request_of_a_batch_frees_it_alone():
     replica = ModelReplica(load_app_config(ARGS))
     params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
