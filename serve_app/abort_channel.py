@@ -8,13 +8,19 @@ actor, and the replica long-polls it (`take`) and cancels those requests, which 
 in the engine and frees their KV blocks. The actor is owned by the replica, so it dies with
 it; if the actor dies the replica starts a new one for later batches. Cancelling a whole
 batch needs no channel: cancelling the batch stream cancels its requests.
+
+The stream carries the actor's name (a named actor in ABORT_CHANNEL_NAMESPACE), not its
+handle; the batcher's AbortSender looks a name up once, off its event loop, the first time
+it has an abort for that replica, so the common path (no abort) costs nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable
+from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
@@ -23,6 +29,8 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 logger = logging.getLogger(__name__)
 
 RETRY_PAUSE_S = 1.0  # after a failed poll, before the next (never a tight loop)
+ABORT_CHANNEL_NAMESPACE = "serve_app_abort_channels"
+MAX_CACHED_CHANNELS = 1024  # handles the batcher keeps (one per replica it has aborted on)
 
 
 @ray.remote(num_cpus=0)
@@ -50,6 +58,7 @@ class AbortListener:
 
     def __init__(self, on_abort: Callable[[list[str]], None]) -> None:
         self._on_abort = on_abort
+        self.channel_name = ""
         self.channel = self._new_channel()
         self._task = asyncio.get_running_loop().create_task(self._listen())
 
@@ -70,11 +79,59 @@ class AbortListener:
                 continue
             self._on_abort(request_ids)
 
-    @staticmethod
-    def _new_channel():  # -> AbortChannel actor handle, on this node when it has room
+    def _new_channel(self):  # -> AbortChannel actor handle, on this node when it has room
         node_id = ray.get_runtime_context().get_node_id()
         strategy = NodeAffinitySchedulingStrategy(node_id, soft=True)
-        return AbortChannel.options(scheduling_strategy=strategy).remote()
+        self.channel_name = f"abort-channel-{uuid.uuid4().hex}"
+        return AbortChannel.options(
+            name=self.channel_name,
+            namespace=ABORT_CHANNEL_NAMESPACE,
+            scheduling_strategy=strategy,
+        ).remote()
 
     def close(self) -> None:
         self._task.cancel()
+
+
+def lookup_abort_channel(name: str) -> Any:
+    """The AbortChannel actor handle of that name (blocking: a GCS lookup)."""
+    return ray.get_actor(name, namespace=ABORT_CHANNEL_NAMESPACE)
+
+
+class AbortSender:
+    """Inside the batcher: sends request ids to the AbortChannel a batch stream named.
+
+    `send` never blocks the event loop: the first abort for a channel looks its name up in a
+    worker thread (then the handle is cached); later ones go straight out. A channel that
+    cannot be found (its replica died) is logged and dropped: that replica's batches are
+    ending anyway.
+    """
+
+    def __init__(self, lookup: Callable[[str], Any] = lookup_abort_channel) -> None:
+        self._lookup = lookup
+        self._handles: dict[str, Any] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    def send(self, channel_name: str, request_ids: list[str]) -> None:
+        handle = self._handles.get(channel_name)
+        if handle is not None:
+            handle.abort.remote(request_ids)  # fire and forget
+            return
+        task = asyncio.get_running_loop().create_task(self._send_later(channel_name, request_ids))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_later(self, channel_name: str, request_ids: list[str]) -> None:
+        try:
+            handle = self._handles.get(channel_name) or await asyncio.to_thread(
+                self._lookup, channel_name
+            )
+        except Exception:
+            logger.warning(
+                "abort channel %s not found; dropping aborts %s", channel_name, request_ids
+            )
+            return
+        if len(self._handles) >= MAX_CACHED_CHANNELS:
+            self._handles.clear()  # replicas come and go; the live ones are looked up again
+        self._handles[channel_name] = handle
+        handle.abort.remote(request_ids)

@@ -10,14 +10,15 @@ resumes from. Policy knobs arrive as the deployment's `user_config` (`reconfigur
 
 Cancellation. A caller that leaves while its request is still queued is just dropped from
 the queue. Once forwarded, Serve would route an `abort` call through the replica handle to
-any replica, not necessarily the one running the batch; so the replica's batch stream
-starts with a `BatchStart` naming its AbortChannel actor (serve_app/abort_channel.py), and
+any replica, not necessarily the one running the batch; so the first message of the
+replica's batch stream names its AbortChannel actor (serve_app/abort_channel.py), and
 the batcher sends the request id there: the replica cancels that request alone, aborting it
 in the engine and freeing its KV blocks, while the rest of the batch streams on. When the
 last live caller of a batch leaves, the batcher cancels the whole batch stream instead,
-which cancels everything it still runs. A leave before the BatchStart arrives is queued and
-sent when it does. Batch calls run outside any caller's Serve request context, so that
-no caller's cancellation reaches a batch it shares with others.
+which cancels everything it still runs. A leave before that first message arrives (during
+the batch's prefill) is queued and sent when it does. Batch calls run outside any caller's
+Serve request context, so that no caller's cancellation reaches a batch it shares with
+others.
 """
 
 from __future__ import annotations
@@ -31,11 +32,11 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from ray.exceptions import RayTaskError
 
-from serve_app.batch_messages import BatchRequest, BatchStart, TaggedChunk
+from serve_app.abort_channel import AbortSender
+from serve_app.batch_messages import BatchRequest, TaggedChunk
 from serve_app.batch_policy import AdaptiveBatchPolicy, BatchPolicyConfig
 from serve_app.config import AppConfig
 from serve_app.engine.sampling_params import SamplingParams
@@ -68,29 +69,33 @@ class _Batch:
 
     batch_id: int
     live: dict[str, _Waiter]
+    sender: AbortSender
     task: asyncio.Task | None = None
-    abort_channel: Any = None  # the replica's AbortChannel handle, from BatchStart
+    abort_channel: str | None = None  # the replica's AbortChannel name, from the stream
     unsent_aborts: list[str] = field(default_factory=list)
 
     def abort(self, request_id: str) -> None:
         if self.abort_channel is None:
             self.unsent_aborts.append(request_id)
         else:
-            self.abort_channel.abort.remote([request_id])  # fire and forget
+            self.sender.send(self.abort_channel, [request_id])
 
-    def started(self, abort_channel: Any) -> None:
+    def started(self, abort_channel: str) -> None:
         self.abort_channel = abort_channel
-        if abort_channel is not None and self.unsent_aborts:
-            abort_channel.abort.remote(self.unsent_aborts)
+        if self.unsent_aborts:
+            self.sender.send(abort_channel, self.unsent_aborts)
             self.unsent_aborts = []
 
 
 class Batcher:
-    def __init__(self, config: AppConfig, replica_handle) -> None:
+    def __init__(
+        self, config: AppConfig, replica_handle, abort_sender: AbortSender | None = None
+    ) -> None:
         self.policy = AdaptiveBatchPolicy(BatchPolicyConfig.from_user_config(config.batcher.policy))
         self.metrics = BatcherMetrics.create()
         self.batch_size_counts: Counter[int] = Counter()
         self._replica = replica_handle.options(stream=True, method_name="generate_batch")
+        self._abort_sender = abort_sender or AbortSender()
         self._queue: deque[_Waiter] = deque()
         self._live: dict[str, RequestState] = {}
         self._batches: set[_Batch] = set()
@@ -187,7 +192,9 @@ class Batcher:
             await asyncio.wait_for(self._arrived.wait(), decision.wait_s)
 
     def _forward(self, waiters: list[_Waiter]) -> None:
-        batch = _Batch(self._next_batch_id, {w.state.request_id: w for w in waiters})
+        batch = _Batch(
+            self._next_batch_id, {w.state.request_id: w for w in waiters}, self._abort_sender
+        )
         self._next_batch_id += 1
         now = time.monotonic()
         for waiter in waiters:
@@ -211,13 +218,12 @@ class Batcher:
         awaiting_first_token = True
         try:
             async for message in responses:
-                if isinstance(message, BatchStart):
+                if message.abort_channel is not None:
                     batch.started(message.abort_channel)
-                    continue
-                if awaiting_first_token and any(m.chunk is not None for m in message):
+                if awaiting_first_token and any(m.chunk is not None for m in message.chunks):
                     self.policy.record_forward_latency(time.monotonic() - started_s)
                     awaiting_first_token = False
-                for tagged in message:
+                for tagged in message.chunks:
                     self._deliver(batch, tagged)
             stream_ended = True
             self._fail(batch, RuntimeError("the replica's batch stream ended early"))

@@ -19,7 +19,7 @@ from dataclasses import asdict
 import ray
 
 from serve_app.abort_channel import AbortListener
-from serve_app.batch_messages import BatchRequest, BatchStart, TaggedChunk
+from serve_app.batch_messages import BatchMessage, BatchRequest
 from serve_app.chunk_coalescer import ChunkCoalescer
 from serve_app.config import AppConfig
 from serve_app.engine.async_engine import AsyncEngine
@@ -65,20 +65,18 @@ class ModelReplica:
             if not finished:
                 self._count_cancelled()
 
-    async def generate_batch(
-        self, requests: list[BatchRequest]
-    ) -> AsyncIterator[BatchStart | list[TaggedChunk]]:
+    async def generate_batch(self, requests: list[BatchRequest]) -> AsyncIterator[BatchMessage]:
         """Run many requests in one stream: the micro-batcher's call."""
         self._start_metrics()
         async with aclosing(self.batches.run(requests, self._abort_channel())) as messages:
             async for message in messages:
                 yield message
 
-    def _abort_channel(self):  # -> AbortChannel actor handle | None
+    def _abort_channel(self) -> str | None:  # the AbortChannel actor's name
         inside_an_actor = ray.is_initialized() and ray.get_runtime_context().get_actor_id()
         if self._abort_listener is None and inside_an_actor:
             self._abort_listener = AbortListener(on_abort=self.batches.abort)
-        return self._abort_listener.channel if self._abort_listener else None
+        return self._abort_listener.channel_name if self._abort_listener else None
 
     def _count_cancelled(self) -> None:
         self.num_cancelled_streams += 1

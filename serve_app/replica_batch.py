@@ -1,12 +1,12 @@
 """Runs a batch of requests from the micro-batcher on a replica's AsyncEngine.
 
 `BatchRunner.run(requests)` starts every request on the engine at once (the engine's
-continuous batching does the rest) and yields a `BatchStart`, then lists of `TaggedChunk`s
-as the engine produces them. A request whose id arrives through `abort` (the replica's
-AbortChannel) is cancelled alone: its engine stream closes, which aborts it and frees its
-KV blocks, and the stream reports its end with an empty TaggedChunk. Cancelling the whole
-stream cancels every request of the batch. A request the engine rejects ends with its error;
-the others go on.
+continuous batching does the rest) and yields `BatchMessage`s of `TaggedChunk`s as the
+engine produces them, the first naming the replica's AbortChannel. A request whose id
+arrives through `abort` (from that AbortChannel) is cancelled alone: its engine stream
+closes, which aborts it and frees its KV blocks, and the stream reports its end with an
+empty TaggedChunk. Cancelling the whole stream cancels every request of the batch. A request
+the engine rejects ends with its error; the others go on.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
-from typing import Any
 
-from serve_app.batch_messages import BatchRequest, BatchStart, TaggedChunk
+from serve_app.batch_messages import BatchMessage, BatchRequest, TaggedChunk
 from serve_app.chunk_coalescer import ChunkCoalescer
 from serve_app.engine.async_engine import AsyncEngine
 from serve_app.engine.request_output import RequestOutput
@@ -58,8 +57,8 @@ class BatchRunner:
                 task.cancel()
 
     async def run(
-        self, requests: list[BatchRequest], abort_channel: Any = None
-    ) -> AsyncIterator[BatchStart | list[TaggedChunk]]:
+        self, requests: list[BatchRequest], abort_channel: str | None = None
+    ) -> AsyncIterator[BatchMessage]:
         outputs: asyncio.Queue[TaggedChunk] = asyncio.Queue()
         tasks = {
             request.request_id: asyncio.create_task(self._run_one(request, outputs))
@@ -67,14 +66,14 @@ class BatchRunner:
         }
         self._tasks.update(tasks)
         try:
-            yield BatchStart(abort_channel)
             num_open = len(tasks)
             while num_open:
-                messages = [await outputs.get()]
+                chunks = [await outputs.get()]
                 while not outputs.empty():
-                    messages.append(outputs.get_nowait())
-                num_open -= sum(message.final for message in messages)
-                yield messages
+                    chunks.append(outputs.get_nowait())
+                num_open -= sum(chunk.final for chunk in chunks)
+                yield BatchMessage(chunks, abort_channel)
+                abort_channel = None  # named in the first message only
         finally:
             for request_id, task in tasks.items():
                 task.cancel()

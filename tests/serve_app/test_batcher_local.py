@@ -3,8 +3,9 @@ engine's greedy tokens, each request's state records what it generated, a caller
 one request of a batch aborts that request alone, and `reconfigure` changes batching live.
 
 `LocalReplica` stands in for the Serve handle only: it calls the replica's batch runner in
-this process, and its abort channel calls the runner directly instead of through the
-AbortChannel actor (that path is tested through Serve in test_batcher.py)."""
+this process under a made-up abort channel name, and the batcher's AbortSender looks that
+name up as a channel that calls the runner directly instead of through the AbortChannel
+actor (that path is tested through Serve in test_batcher.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from contextlib import aclosing
 
 import pytest
 
+from serve_app.abort_channel import AbortSender
 from serve_app.batch_messages import BatchRequest
 from serve_app.batcher import Batcher
 from serve_app.config import load_app_config
@@ -25,6 +27,7 @@ ENGINE_ARGS = {"kv_cache_memory_bytes": 2**20, "max_num_seqs": 8}
 PROMPTS = [[5 + i, 17, 3 * i + 1, 40] for i in range(6)]
 # Wide windows so a burst of callers is certainly batched: the arrival rate is counted
 # over 10 windows, and a batch waits up to one window for its target size.
+LOCAL_CHANNEL_NAME = "local-abort-channel"
 BURSTY = {"max_wait_ms": 500, "target_ttft_ms": 10_000, "max_batch_size": 8}
 
 
@@ -66,13 +69,18 @@ class LocalReplica:
     def remote(self, requests: list[BatchRequest]) -> _LocalResponses:
         self.calls.append([r.request_id for r in requests])
         runner = self.replica.batches
-        return _LocalResponses(runner.run(requests, _LocalChannel(runner)))
+        return _LocalResponses(runner.run(requests, LOCAL_CHANNEL_NAME))
 
 
 def make(policy: dict | None = None) -> tuple[Batcher, LocalReplica]:
     config = load_app_config({"engine": ENGINE_ARGS, "batcher": {"policy": policy or {}}})
     local = LocalReplica(ModelReplica(config))
-    return Batcher(config, local), local
+
+    def lookup(name: str) -> _LocalChannel:
+        assert name == LOCAL_CHANNEL_NAME, name
+        return _LocalChannel(local.replica.batches)
+
+    return Batcher(config, local, AbortSender(lookup)), local
 
 
 def greedy(max_tokens: int) -> SamplingParams:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from serve_app.batch_messages import BatchRequest, BatchStart, TaggedChunk
+from serve_app.batch_messages import BatchMessage, BatchRequest, TaggedChunk
 from serve_app.config import load_app_config
 from serve_app.engine.engine import LLMEngine, RequestError
 from serve_app.engine.sampling_params import SamplingParams
@@ -29,10 +29,10 @@ async def collect(replica: ModelReplica, requests: list[BatchRequest], on_messag
     tokens: dict[str, list[int]] = {r.request_id: [] for r in requests}
     finals: dict[str, TaggedChunk] = {}
     stream = replica.generate_batch(requests)
-    start = await anext(stream)
-    assert isinstance(start, BatchStart) and start.abort_channel is None  # no Ray here
-    async for messages in stream:
-        for message in messages:
+    async for batch_message in stream:
+        assert isinstance(batch_message, BatchMessage)
+        assert batch_message.abort_channel is None  # no Ray here: no channel to name
+        for message in batch_message.chunks:
             if message.chunk is not None:
                 tokens[message.request_id] += message.chunk.token_ids
             if message.final:
@@ -59,10 +59,9 @@ def test_a_batch_groups_each_requests_tokens_by_the_stream_interval():
 
     async def run():
         stream = replica.generate_batch(batch(params))
-        await anext(stream)  # BatchStart
         tokens = {name: [] for name in sizes}
-        async for messages in stream:
-            for message in messages:
+        async for batch_message in stream:
+            for message in batch_message.chunks:
                 if message.chunk is not None and message.chunk.token_ids:
                     sizes[message.request_id].append(len(message.chunk.token_ids))
                     tokens[message.request_id] += message.chunk.token_ids
@@ -115,7 +114,6 @@ def test_closing_the_batch_stream_aborts_every_request():
 
     async def run():
         stream = replica.generate_batch(batch(params))
-        await anext(stream)  # BatchStart
         await anext(stream)  # some tokens
         await stream.aclose()
         for _ in range(100):
