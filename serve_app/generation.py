@@ -50,23 +50,33 @@ async def generate_choice(
     stream = streamer.stream(choice.prompt_ids, choice.params, choice.request_id)
     try:
         async for chunk in stream:
-            num_output = chunk.num_output_tokens
-            pending_ids += chunk.token_ids
-            text = stops.add(detokenizer.add(chunk.token_ids))
+            # A chunk may hold several tokens (replica.stream_interval_tokens): they are
+            # checked one at a time, so a stop string ends the choice at the same token, with
+            # the same counts and logprobs, however the tokens were grouped.
+            text = ""
+            num_taken = 0
+            for token_id in chunk.token_ids:
+                num_taken += 1
+                text += stops.add(detokenizer.add([token_id]))
+                if stops.stopped:
+                    break
+            num_output = chunk.num_output_tokens - (len(chunk.token_ids) - num_taken)
+            pending_ids += chunk.token_ids[:num_taken]
+            logprobs = chunk.logprobs[:num_taken]
             if stops.stopped:
                 finish_reason = "stop"
             elif chunk.finished:
                 text += stops.add(detokenizer.flush())
                 finish_reason = "stop" if stops.stopped else chunk.finish_reason
                 text += stops.flush()
-            if text or chunk.logprobs or finish_reason:
+            if text or logprobs or finish_reason:
                 yield TextDelta(
                     choice.index,
                     text,
                     chunk.num_prompt_tokens,
                     num_output,
                     finish_reason,
-                    list(chunk.logprobs),
+                    logprobs,
                     pending_ids,
                 )
                 pending_ids = []
