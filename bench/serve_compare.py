@@ -166,6 +166,19 @@ def app_args(args: argparse.Namespace, model: str, batcher: bool) -> dict:
     }
 
 
+def load_client(port: int, model: str, concurrency: int) -> argparse.Namespace:
+    """bench/serve_load.py's client settings for the local app on `port`."""
+    return argparse.Namespace(
+        url=f"http://127.0.0.1:{port}",
+        model=model,
+        api_key=None,
+        rate=None,
+        timeout=300.0,
+        logprobs=LOGPROBS,
+        concurrency=concurrency,
+    )
+
+
 def run_served(args, model, port, batcher, saturation, single) -> SystemResult:
     from ray import serve
 
@@ -173,17 +186,9 @@ def run_served(args, model, port, batcher, saturation, single) -> SystemResult:
 
     serve.run(build_app(app_args(args, model, batcher)), name=APP_NAME, route_prefix="/")
     try:
-        client = argparse.Namespace(
-            url=f"http://127.0.0.1:{port}",
-            model=model,
-            api_key=None,
-            rate=None,
-            timeout=300.0,
-            logprobs=LOGPROBS,
-        )
+        client = load_client(port, model, WARMUP_REQUESTS)
 
         async def measure() -> tuple[LoadReport, LoadReport]:
-            client.concurrency = WARMUP_REQUESTS
             await run_load(client, saturation[:WARMUP_REQUESTS])
             reports = []
             for workload, concurrency in ((saturation, args.concurrency), (single, 1)):

@@ -80,15 +80,7 @@ def main(argv: list[str] | None = None) -> None:
             for mode in known.batcher:
                 app = build_app(serve_compare.app_args(args, model, mode == "on"))
                 serve.run(app, name=serve_compare.APP_NAME, route_prefix="/")
-                client = argparse.Namespace(
-                    url=f"http://127.0.0.1:{port}",
-                    model=model,
-                    api_key=None,
-                    rate=None,
-                    timeout=300.0,
-                    logprobs=serve_compare.LOGPROBS,
-                    concurrency=serve_compare.WARMUP_REQUESTS,
-                )
+                client = serve_compare.load_client(port, model, serve_compare.WARMUP_REQUESTS)
                 asyncio.run(run_load(client, saturation[: serve_compare.WARMUP_REQUESTS]))
                 client.concurrency = args.concurrency
                 before, started = process_cpu_seconds(), time.perf_counter()
@@ -96,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
                 wall_s = time.perf_counter() - started
                 after = process_cpu_seconds()
                 serve.delete(serve_compare.APP_NAME)
-                tokens = sum(record.output_tokens for record in records)
+                tokens = sum(record.num_output_tokens for record in records)
                 failed = sum(record.error is not None for record in records)
                 print(
                     f"\n## {model}, batcher {mode}, stream interval {args.stream_interval}: "
