@@ -18,8 +18,9 @@ from serve_app.engine.parallel import ParallelContext
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x W^T + b for x (tokens, in) and W (out, in): (tokens, out).
 
-    On CPU this computes (W x^T)^T: MKL's float32 GEMM runs that form 1.2-1.9x faster than
-    `F.linear` for the few-token batches of decoding (bench/README.md has the measurements).
+    On CPU this computes (W x^T)^T: MKL's float32 GEMM runs that form 1.2-1.7x faster than
+    `F.linear` for the few-token batches of decoding, and about as fast for prefill chunks
+    of 1024-2048 tokens (bench/README.md has the measurements).
     The result is then a transposed view, strides (1, tokens), which the next projection
     takes without a copy; every caller must accept a non-contiguous result.
     """
