@@ -37,7 +37,7 @@ class BatchMessage:
     The first message also names the replica's AbortChannel actor (serve_app/abort_channel.py),
     where single requests of this batch are aborted; None outside Ray. A name, not a handle,
     and no message of its own: passing an actor handle through the stream while the replica
-    runs the batch's prefill cost about 15 ms of TTFT on a 2-core machine (bench/README.md).
+    runs the batch's prefill cost about 20 ms of TTFT on a 2-core machine (bench/README.md).
     """
 
     chunks: list[TaggedChunk]
