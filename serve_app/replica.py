@@ -1,11 +1,13 @@
 """ModelReplica: the Serve deployment that owns an AsyncEngine and streams token ids.
 
 It sees token ids only (the ingress tokenizes). `generate` yields one TokenChunk per engine
-step; when the caller cancels, Serve cancels this generator, and leaving the AsyncEngine
-stream early aborts the request and frees its KV blocks. `generate_batch` is the
-micro-batcher's call: many requests in one stream (serve_app/replica_batch.py), single ones
-aborted through this replica's AbortChannel (serve_app/abort_channel.py). Deployment
-options (replicas, resources, limits, health-check timeouts) come from `serve_app.app`.
+step, or per `replica.stream_interval_tokens` tokens (serve_app/replica_batch.py:
+`token_chunks`, shared with the batch path); when the caller cancels, Serve cancels this
+generator, and leaving the AsyncEngine stream early aborts the request and frees its KV
+blocks. `generate_batch` is the micro-batcher's call: many requests in one stream
+(serve_app/replica_batch.py), single ones aborted through this replica's AbortChannel
+(serve_app/abort_channel.py). Deployment options (replicas, resources, limits,
+health-check timeouts) come from `serve_app.app`.
 """
 
 from __future__ import annotations
@@ -20,13 +22,12 @@ import ray
 
 from serve_app.abort_channel import AbortListener
 from serve_app.batch_messages import BatchMessage, BatchRequest
-from serve_app.chunk_coalescer import ChunkCoalescer
 from serve_app.config import AppConfig
 from serve_app.engine.async_engine import AsyncEngine
 from serve_app.engine.sampling_params import SamplingParams
 from serve_app.metrics import ReplicaMetrics
 from serve_app.ray_executor import make_llm_engine
-from serve_app.replica_batch import BatchRunner, chunk_from_output
+from serve_app.replica_batch import BatchRunner, token_chunks
 from serve_app.token_stream import TokenChunk
 
 METRICS_PERIOD_S = 1.0
@@ -54,12 +55,13 @@ class ModelReplica:
     ) -> AsyncIterator[TokenChunk]:
         self._start_metrics()
         finished = False
-        coalescer = ChunkCoalescer(self.stream_interval_tokens)
+        chunks = token_chunks(
+            self.engine, prompt_ids, params, request_id, self.stream_interval_tokens
+        )
         try:
-            async for output in self.engine.generate(prompt_ids, params, request_id):
-                finished = output.finished
-                chunk = coalescer.add(chunk_from_output(output))
-                if chunk is not None:
+            async with aclosing(chunks):  # closing it aborts the request in the engine
+                async for chunk in chunks:
+                    finished = chunk.finished
                     yield chunk
         finally:
             if not finished:

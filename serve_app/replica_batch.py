@@ -19,7 +19,26 @@ from serve_app.batch_messages import BatchMessage, BatchRequest, TaggedChunk
 from serve_app.chunk_coalescer import ChunkCoalescer
 from serve_app.engine.async_engine import AsyncEngine
 from serve_app.engine.request_output import RequestOutput
+from serve_app.engine.sampling_params import SamplingParams
 from serve_app.token_stream import TokenChunk
+
+
+async def token_chunks(
+    engine: AsyncEngine,
+    prompt_ids: list[int],
+    params: SamplingParams,
+    request_id: str,
+    stream_interval_tokens: int,
+) -> AsyncIterator[TokenChunk]:
+    """One request's engine outputs as TokenChunks, grouped by the stream interval
+    (serve_app/chunk_coalescer.py); the last has `finished` set. Closing it early aborts
+    the request in the engine and frees its KV blocks."""
+    coalescer = ChunkCoalescer(stream_interval_tokens)
+    async with aclosing(engine.generate(prompt_ids, params, request_id)) as outputs:
+        async for output in outputs:
+            chunk = coalescer.add(chunk_from_output(output))
+            if chunk is not None:
+                yield chunk
 
 
 def chunk_from_output(output: RequestOutput) -> TokenChunk:
@@ -81,15 +100,18 @@ class BatchRunner:
 
     async def _run_one(self, request: BatchRequest, outputs: asyncio.Queue) -> None:
         finished = False
-        coalescer = ChunkCoalescer(self._stream_interval_tokens)
         try:
-            stream = self._engine.generate(request.prompt_ids, request.params, request.request_id)
-            async with aclosing(stream):  # closing it aborts the request in the engine
-                async for output in stream:
-                    finished = output.finished
-                    chunk = coalescer.add(chunk_from_output(output))
-                    if chunk is not None:
-                        outputs.put_nowait(TaggedChunk(request.request_id, chunk))
+            chunks = token_chunks(
+                self._engine,
+                request.prompt_ids,
+                request.params,
+                request.request_id,
+                self._stream_interval_tokens,
+            )
+            async with aclosing(chunks):  # closing it aborts the request in the engine
+                async for chunk in chunks:
+                    finished = chunk.finished
+                    outputs.put_nowait(TaggedChunk(request.request_id, chunk))
         except asyncio.CancelledError:
             outputs.put_nowait(TaggedChunk(request.request_id, None))
         except Exception as error:  # this request only: the batch goes on
