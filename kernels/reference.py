@@ -141,7 +141,34 @@ def paged_attention(
                 max(context_lens[start:end]),
                 scale,
             )
-    for seq_index in range(num_decode_seqs, len(context_lens)):
+    prefill_attention_into(
+        out,
+        query,
+        k_cache,
+        v_cache,
+        block_tables,
+        query_start_loc,
+        context_lens,
+        num_decode_seqs,
+        scale,
+    )
+    return out
+
+
+def prefill_attention_into(
+    out: torch.Tensor,
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    query_start_loc: list[int],
+    context_lens: list[int],
+    first_prefill_seq: int,
+    scale: float,
+) -> None:
+    """Writes the attention of every sequence from `first_prefill_seq` on into its rows of
+    `out`, one sequence at a time."""
+    for seq_index in range(first_prefill_seq, len(context_lens)):
         start, end = query_start_loc[seq_index], query_start_loc[seq_index + 1]
         out[start:end] = paged_prefill_attention(
             query[start:end],
@@ -151,4 +178,3 @@ def paged_attention(
             context_lens[seq_index],
             scale,
         )
-    return out

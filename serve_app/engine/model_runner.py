@@ -3,17 +3,24 @@ memory budget, and runs one forward over a flattened batch."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 
 from serve_app.engine.config import ConfigError, EngineConfig
-from serve_app.engine.layers.attention import make_attention_backend
+from serve_app.engine.host_memory import keep_freed_host_memory
+from serve_app.engine.layers.attention import (
+    cpu_kernel_unavailable_reason,
+    make_attention_backend,
+)
 from serve_app.engine.loader import load_weights, read_architecture
 from serve_app.engine.model_input import ModelInput
 from serve_app.engine.models.architecture import ModelArchitecture
 from serve_app.engine.models.registry import model_class_for
 from serve_app.engine.parallel import ParallelContext
+
+logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -41,9 +48,19 @@ def resolve_dtype(
 
 
 def resolve_attention_backend(config: EngineConfig, device: torch.device) -> str:
-    if config.attention_backend == "auto":
-        return "triton" if device.type == "cuda" else "torch"
-    return config.attention_backend
+    """`auto`: triton on CUDA; on CPU the native kernel (`cpu`) when it builds here, else
+    the torch reference, with a warning that says why."""
+    if config.attention_backend != "auto":
+        return config.attention_backend
+    if device.type == "cuda":
+        return "triton"
+    reason = cpu_kernel_unavailable_reason()
+    if reason is None:
+        return "cpu"
+    logger.warning(
+        "attention_backend 'auto' falls back to 'torch' on CPU (slower decodes): %s", reason
+    )
+    return "torch"
 
 
 def resolve_max_model_len(config: EngineConfig, arch: ModelArchitecture) -> int:
@@ -66,6 +83,8 @@ class ModelRunner:
         self.ctx = ctx
         self.arch = read_architecture(model_dir)
         self.device = resolve_device(config)
+        if self.device.type == "cpu":
+            keep_freed_host_memory()
         self.dtype = resolve_dtype(config, self.device, self.arch)
         self.max_model_len = resolve_max_model_len(config, self.arch)
         self.attention_backend = resolve_attention_backend(config, self.device)

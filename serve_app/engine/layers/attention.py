@@ -1,11 +1,15 @@
 """Paged attention behind one interface, with an explicit switch between backends.
 
-`torch` runs the references in kernels/reference.py (the CPU path and the oracle);
+`torch` runs the references in kernels/reference.py (the oracle, and the CPU fallback);
+`cpu` runs decodes through the native C kernel (kernels/cpu_decode_attention.py, built on
+first use with the machine's C compiler) and the rest through the references;
 `triton` runs the Triton kernels (CUDA, or CPU under TRITON_INTERPRET=1).
 """
 
 from __future__ import annotations
 
+from functools import cache
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -13,6 +17,8 @@ from torch import nn
 
 from kernels import reference
 from serve_app.engine.attention_metadata import AttentionMetadata
+from serve_app.engine.config import ConfigError
+from serve_app.engine.tiny import cache_root
 
 
 class AttentionBackend(Protocol):
@@ -61,11 +67,45 @@ def make_attention_backend(name: str) -> AttentionBackend:
     """`name` is already resolved from `auto` by the caller (see model_runner)."""
     if name == "torch":
         return TorchAttentionBackend()
+    if name == "cpu":
+        from kernels.cpu_backend import CpuAttentionBackend
+        from kernels.native_build import NativeBuildError
+
+        try:
+            return CpuAttentionBackend(kernel_cache_dir())
+        except NativeBuildError as error:
+            raise ConfigError(
+                f"attention_backend='cpu' needs its native kernel, which cannot be built here "
+                f"({error}); use attention_backend='torch' or 'auto'"
+            ) from error
     if name == "triton":
         from kernels.triton_backend import TritonAttentionBackend
 
         return TritonAttentionBackend()
-    raise ValueError(f"attention_backend must be 'torch' or 'triton', got {name!r}")
+    raise ValueError(f"attention_backend must be 'torch', 'cpu' or 'triton', got {name!r}")
+
+
+def kernel_cache_dir() -> Path:
+    """Where native kernels are built: `$SERVE_APP_CACHE/kernels` (~/.cache/serve_app)."""
+    return cache_root() / "kernels"
+
+
+def cpu_kernel_unavailable_reason() -> str | None:
+    """None when the native CPU decode kernel builds and loads here, else why not (tried once
+    per process and cache directory)."""
+    return _cpu_kernel_unavailable_reason(kernel_cache_dir())
+
+
+@cache
+def _cpu_kernel_unavailable_reason(cache_dir: Path) -> str | None:
+    from kernels.cpu_decode_attention import load_cpu_decode_attention
+    from kernels.native_build import NativeBuildError
+
+    try:
+        load_cpu_decode_attention(cache_dir)
+    except NativeBuildError as error:
+        return str(error)
+    return None
 
 
 class Attention(nn.Module):

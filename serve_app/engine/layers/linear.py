@@ -14,17 +14,23 @@ from torch import nn
 from serve_app.engine.config import ConfigError
 from serve_app.engine.parallel import ParallelContext
 
+# Below this many tokens CPU projections compute (W x^T)^T; from here on F.linear, which is
+# as fast there (bench/README.md) and returns a contiguous result.
+TRANSPOSED_PROJECTION_MAX_TOKENS = 256
+
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x W^T + b for x (tokens, in) and W (out, in): (tokens, out).
 
-    On CPU this computes (W x^T)^T: MKL's float32 GEMM runs that form 1.2-1.7x faster than
-    `F.linear` for the few-token batches of decoding, and about as fast for prefill chunks
-    of 1024-2048 tokens (bench/README.md has the measurements).
-    The result is then a transposed view, strides (1, tokens), which the next projection
-    takes without a copy; every caller must accept a non-contiguous result.
+    On CPU, for fewer than TRANSPOSED_PROJECTION_MAX_TOKENS tokens, this computes (W x^T)^T:
+    MKL's float32 GEMM runs that form 1.2-1.7x faster than `F.linear` for the few-token
+    batches of decoding, and no faster from 256 tokens on (bench/README.md has both
+    measurements). The result is then a transposed view, strides (1, tokens), which the next
+    projection takes without a copy; every caller must accept a non-contiguous result.
+    Prefill-sized batches get F.linear's contiguous result: elementwise work and norms on a
+    transposed 2048-token activation ran 5-30x slower than on a contiguous one.
     """
-    if x.device.type != "cpu" or x.dim() != 2:
+    if x.device.type != "cpu" or x.dim() != 2 or x.shape[0] >= TRANSPOSED_PROJECTION_MAX_TOKENS:
         return F.linear(x, weight, bias)
     if bias is None:
         return torch.mm(weight, x.t()).t()  # (out, tokens) -> (tokens, out)

@@ -4,6 +4,7 @@ residual add."""
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -14,6 +15,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size), requires_grad=False)
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # torch's fused kernel: the same float32 arithmetic
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
@@ -21,7 +24,8 @@ class RMSNorm(nn.Module):
     def forward(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (normalized, new residual) where new residual = x + residual."""
+        """Returns (normalized, new residual) where new residual = x + residual, added into
+        `residual` in place (the caller's residual is consumed; it is always a temporary)."""
         if residual is not None:
-            x = x + residual
+            x = residual.add_(x)
         return self.normalize(x), x

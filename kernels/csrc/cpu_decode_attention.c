@@ -1,0 +1,286 @@
+/* Paged decode attention on CPU, float32: one query token per sequence attends over its
+ * cached context, reading K/V blocks where they lie in the paged cache (no gather copy).
+ *
+ * Layouts (all contiguous, row-major):
+ *   query, out:       (num_seqs, num_heads, head_dim)
+ *   k_cache, v_cache: (num_blocks, block_size, num_kv_heads, head_dim)
+ *   block_tables:     (num_seqs, max_blocks_per_seq) int32
+ *   context_lens:     (num_seqs,) int32, each >= 1
+ * Query head h reads KV head h / (num_heads / num_kv_heads) (grouped-query attention).
+ *
+ * Keys and values are visited in tiles of at most 16 tokens with an online (running max)
+ * softmax. Two paths: with AVX-512 and head_dim a multiple of 16, one work item is a
+ * sequence (every head, each block read once and in order); otherwise portable C that the
+ * compiler vectorizes, one work item per (sequence, KV head). Work items are spread over
+ * `num_threads` OpenMP threads of the caller's process: torch's own runtime, since this
+ * library links libgomp.so.1 and torch has already loaded it.
+ */
+#include <math.h>
+#include <stdint.h>
+
+#define MAX_GROUP 16      /* query heads per KV head */
+#define TILE 16           /* tokens per softmax tile */
+#define MAX_HEAD_DIM 256
+#define MAX_HEADS 64     /* query heads per rank, for the one-sequence-per-item path */
+
+/* e^x for x <= 0, vectorizable: x = n ln2 + r, e^r by a degree-6 polynomial on
+ * |r| <= ln2 / 2 (relative error below 2e-7), 2^n built in the exponent bits. */
+static inline float exp_nonpositive(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    float n = floorf(x * 1.44269504088896341f + 0.5f);
+    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    float p = 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    union {
+        int32_t bits;
+        float value;
+    } two_n = {.bits = ((int32_t)n + 127) << 23};
+    return p * two_n.value;
+}
+
+static void attend_one(const float *query, const float *k_cache, const float *v_cache,
+                       const int32_t *block_table, int context_len, int kv_head,
+                       int group, int num_kv_heads, int block_size, int head_dim, float scale,
+                       float *out) {
+    float acc[MAX_GROUP][MAX_HEAD_DIM];
+    float running_max[MAX_GROUP], running_sum[MAX_GROUP];
+    float scores[MAX_GROUP][TILE];
+    const long token_stride = (long)num_kv_heads * head_dim;
+    const long block_stride = token_stride * block_size;
+    for (int g = 0; g < group; ++g) {
+        running_max[g] = -INFINITY;
+        running_sum[g] = 0.0f;
+        for (int d = 0; d < head_dim; ++d) acc[g][d] = 0.0f;
+    }
+    const int num_blocks = (context_len + block_size - 1) / block_size;
+    for (int b = 0; b < num_blocks; ++b) {
+        const long base = (long)block_table[b] * block_stride + (long)kv_head * head_dim;
+        const int block_tokens = b == num_blocks - 1 ? context_len - b * block_size : block_size;
+        for (int start = 0; start < block_tokens; start += TILE) {
+            const int tokens = block_tokens - start < TILE ? block_tokens - start : TILE;
+            const float *keys = k_cache + base + start * token_stride;
+            const float *values = v_cache + base + start * token_stride;
+            for (int g = 0; g < group; ++g) {
+                const float *q = query + (long)g * head_dim;
+                float block_max = -INFINITY;
+                for (int t = 0; t < tokens; ++t) {
+                    const float *k = keys + t * token_stride;
+                    float dot = 0.0f;
+#pragma omp simd reduction(+ : dot)
+                    for (int d = 0; d < head_dim; ++d) dot += q[d] * k[d];
+                    dot *= scale;
+                    scores[g][t] = dot;
+                    block_max = dot > block_max ? dot : block_max;
+                }
+                const float new_max = block_max > running_max[g] ? block_max : running_max[g];
+                const float correction = exp_nonpositive(running_max[g] - new_max);
+                float *row = scores[g];
+                float block_sum = 0.0f;
+#pragma omp simd reduction(+ : block_sum)
+                for (int t = 0; t < tokens; ++t) {
+                    const float p = exp_nonpositive(row[t] - new_max);
+                    row[t] = p;
+                    block_sum += p;
+                }
+                running_sum[g] = running_sum[g] * correction + block_sum;
+                running_max[g] = new_max;
+                float *a = acc[g];
+#pragma omp simd
+                for (int d = 0; d < head_dim; ++d) a[d] *= correction;
+                for (int t = 0; t < tokens; ++t) {
+                    const float p = scores[g][t];
+                    const float *v = values + t * token_stride;
+#pragma omp simd
+                    for (int d = 0; d < head_dim; ++d) a[d] += p * v[d];
+                }
+            }
+        }
+    }
+    for (int g = 0; g < group; ++g) {
+        const float inv = 1.0f / running_sum[g];
+        float *o = out + (long)g * head_dim;
+#pragma omp simd
+        for (int d = 0; d < head_dim; ++d) o[d] = acc[g][d] * inv;
+    }
+}
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+
+/* e^x lane-wise for x <= 0 (lanes below -87 give ~0): x = n ln2 + r, e^r by a degree-6
+ * polynomial on |r| <= ln2 / 2 (relative error below 2e-7), times 2^n by vscalefps. */
+static inline __m512 exp512_nonpositive(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 720.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* Lane t of the result is the sum of the 16 lanes of v[t]. */
+static inline __m512 sum_lanes_16(const __m512 v[16]) {
+    __m512 x[8], y[4];
+    for (int i = 0; i < 8; ++i)
+        x[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]),
+                             _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]));
+    for (int i = 0; i < 4; ++i) {
+        const __m512d a = _mm512_castps_pd(x[2 * i]), b = _mm512_castps_pd(x[2 * i + 1]);
+        y[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                             _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    /* y[i]: tokens 4i..4i+3 as partial sums in each of the four 128-bit lanes */
+    const __m512 z0 = _mm512_add_ps(_mm512_shuffle_f32x4(y[0], y[1], 0x88),
+                                    _mm512_shuffle_f32x4(y[0], y[1], 0xDD));
+    const __m512 z1 = _mm512_add_ps(_mm512_shuffle_f32x4(y[2], y[3], 0x88),
+                                    _mm512_shuffle_f32x4(y[2], y[3], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(z0, z1, 0x88), _mm512_shuffle_f32x4(z0, z1, 0xDD));
+}
+
+#define MAX_CHUNKS (MAX_HEAD_DIM / 16)
+
+/* One sequence, every head, head_dim a multiple of 16: each KV block is read once, whole
+ * and in order (all KV heads of a token are adjacent), which the hardware prefetcher
+ * streams. Scores of 16 tokens at a time fill one vector. */
+static inline __attribute__((always_inline)) void attend_seq_avx512_impl(
+    const float *query, const float *k_cache, const float *v_cache, const int32_t *block_table,
+    int context_len, int num_heads, int num_kv_heads, int block_size, int head_dim, float scale,
+    float *out, const int chunks) {
+    __m512 acc[MAX_HEADS][MAX_CHUNKS];
+    float running_max[MAX_HEADS], running_sum[MAX_HEADS];
+    float probs[16] __attribute__((aligned(64)));
+    const int group = num_heads / num_kv_heads;
+    const long token_stride = (long)num_kv_heads * head_dim;
+    const long block_stride = token_stride * block_size;
+    const __m512 scale_v = _mm512_set1_ps(scale);
+    for (int h = 0; h < num_heads; ++h) {
+        running_max[h] = -INFINITY;
+        running_sum[h] = 0.0f;
+        for (int c = 0; c < chunks; ++c) acc[h][c] = _mm512_setzero_ps();
+    }
+    const int num_blocks = (context_len + block_size - 1) / block_size;
+    for (int b = 0; b < num_blocks; ++b) {
+        const long base = (long)block_table[b] * block_stride;
+        const int block_tokens = b == num_blocks - 1 ? context_len - b * block_size : block_size;
+        for (int start = 0; start < block_tokens; start += 16) {
+            const int tokens = block_tokens - start < 16 ? block_tokens - start : 16;
+            const __mmask16 valid = (__mmask16)((1u << tokens) - 1u);
+            for (int h = 0; h < num_heads; ++h) {
+                const long head_offset = (long)(h / group) * head_dim;
+                const float *keys = k_cache + base + start * token_stride + head_offset;
+                const float *values = v_cache + base + start * token_stride + head_offset;
+                const float *q = query + (long)h * head_dim;
+                __m512 products[16];
+                for (int t = 0; t < 16; ++t) {
+                    __m512 p = _mm512_setzero_ps();
+                    if (t < tokens)
+                        for (int c = 0; c < chunks; ++c)
+                            p = _mm512_fmadd_ps(_mm512_loadu_ps(q + 16 * c),
+                                                _mm512_loadu_ps(keys + t * token_stride + 16 * c), p);
+                    products[t] = p;
+                }
+                __m512 scores = _mm512_mul_ps(sum_lanes_16(products), scale_v);
+                scores = _mm512_mask_mov_ps(_mm512_set1_ps(-INFINITY), valid, scores);
+                const float tile_max = _mm512_reduce_max_ps(scores);
+                const float new_max = tile_max > running_max[h] ? tile_max : running_max[h];
+                const float correction = expf(running_max[h] - new_max);
+                const __m512 p = _mm512_maskz_mov_ps(
+                    valid, exp512_nonpositive(_mm512_sub_ps(scores, _mm512_set1_ps(new_max))));
+                running_sum[h] = running_sum[h] * correction + _mm512_reduce_add_ps(p);
+                running_max[h] = new_max;
+                _mm512_store_ps(probs, p);
+                /* two accumulators per chunk (even and odd tokens) halve the FMA chain */
+                const __m512 correction_v = _mm512_set1_ps(correction);
+                __m512 even[MAX_CHUNKS], odd[MAX_CHUNKS];
+                for (int c = 0; c < chunks; ++c) {
+                    even[c] = _mm512_mul_ps(acc[h][c], correction_v);
+                    odd[c] = _mm512_setzero_ps();
+                }
+                int t = 0;
+                for (; t + 1 < tokens; t += 2) {
+                    const __m512 p0 = _mm512_set1_ps(probs[t]), p1 = _mm512_set1_ps(probs[t + 1]);
+                    const float *v0 = values + t * token_stride, *v1 = v0 + token_stride;
+                    for (int c = 0; c < chunks; ++c) {
+                        even[c] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 16 * c), even[c]);
+                        odd[c] = _mm512_fmadd_ps(p1, _mm512_loadu_ps(v1 + 16 * c), odd[c]);
+                    }
+                }
+                if (t < tokens) {
+                    const __m512 p0 = _mm512_set1_ps(probs[t]);
+                    const float *v0 = values + t * token_stride;
+                    for (int c = 0; c < chunks; ++c)
+                        even[c] = _mm512_fmadd_ps(p0, _mm512_loadu_ps(v0 + 16 * c), even[c]);
+                }
+                for (int c = 0; c < chunks; ++c) acc[h][c] = _mm512_add_ps(even[c], odd[c]);
+            }
+        }
+    }
+    for (int h = 0; h < num_heads; ++h) {
+        const __m512 inv = _mm512_set1_ps(1.0f / running_sum[h]);
+        for (int c = 0; c < chunks; ++c)
+            _mm512_storeu_ps(out + (long)h * head_dim + 16 * c, _mm512_mul_ps(acc[h][c], inv));
+    }
+}
+
+/* Specialised for the common head sizes (64, 128) so the per-chunk loops unroll and the
+ * accumulators stay in registers. */
+static void attend_seq_avx512(const float *query, const float *k_cache, const float *v_cache,
+                              const int32_t *block_table, int context_len, int num_heads,
+                              int num_kv_heads, int block_size, int head_dim, float scale,
+                              float *out) {
+    if (head_dim == 64)
+        attend_seq_avx512_impl(query, k_cache, v_cache, block_table, context_len, num_heads,
+                               num_kv_heads, block_size, head_dim, scale, out, 4);
+    else if (head_dim == 128)
+        attend_seq_avx512_impl(query, k_cache, v_cache, block_table, context_len, num_heads,
+                               num_kv_heads, block_size, head_dim, scale, out, 8);
+    else
+        attend_seq_avx512_impl(query, k_cache, v_cache, block_table, context_len, num_heads,
+                               num_kv_heads, block_size, head_dim, scale, out, head_dim / 16);
+}
+#endif
+
+/* Returns 0, or -1 when a shape is beyond the fixed limits above (caller falls back). */
+int paged_decode_attention_f32(const float *query, const float *k_cache, const float *v_cache,
+                               const int32_t *block_tables, const int32_t *context_lens,
+                               float *out, int num_seqs, int num_heads, int num_kv_heads,
+                               int head_dim, int block_size, int max_blocks_per_seq,
+                               float scale, int num_threads) {
+    const int group = num_heads / num_kv_heads;
+    if (group > MAX_GROUP || head_dim > MAX_HEAD_DIM || num_heads % num_kv_heads) return -1;
+#ifdef __AVX512F__
+    if (head_dim % 16 == 0 && num_heads <= MAX_HEADS) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
+        for (int seq = 0; seq < num_seqs; ++seq) {
+            const long offset = (long)seq * num_heads * head_dim;
+            attend_seq_avx512(query + offset, k_cache, v_cache,
+                              block_tables + (long)seq * max_blocks_per_seq, context_lens[seq],
+                              num_heads, num_kv_heads, block_size, head_dim, scale, out + offset);
+        }
+        return 0;
+    }
+#endif
+    const long items = (long)num_seqs * num_kv_heads;
+#pragma omp parallel for schedule(dynamic, 4) num_threads(num_threads)
+    for (long item = 0; item < items; ++item) {
+        const int seq = (int)(item / num_kv_heads);
+        const int kv_head = (int)(item % num_kv_heads);
+        const long head_offset = ((long)seq * num_heads + (long)kv_head * group) * head_dim;
+        attend_one(query + head_offset, k_cache, v_cache,
+                   block_tables + (long)seq * max_blocks_per_seq, context_lens[seq], kv_head,
+                   group, num_kv_heads, block_size, head_dim, scale, out + head_offset);
+    }
+    return 0;
+}

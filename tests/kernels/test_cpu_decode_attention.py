@@ -1,0 +1,164 @@
+"""The native CPU decode kernel (kernels/cpu_decode_attention.py) against
+reference.paged_decode_attention: ragged lengths, shuffled strided block tables, GQA ratios,
+head sizes on both of its paths, block sizes above its 16-token tile, thread counts; and the
+`cpu` backend on mixed batches against reference.paged_attention."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from kernels import reference
+from kernels.cpu_backend import CpuAttentionBackend
+from kernels.cpu_decode_attention import CpuDecodeAttention, load_cpu_decode_attention
+from kernels.native_build import NativeBuildError, load_native_library
+
+# Length 1, mid-block, exactly one block, one past a block, several blocks ending mid-tile.
+CONTEXT_LENS = [1, 6, 16, 17, 45, 130]
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("native-kernels")
+
+
+@pytest.fixture(scope="module")
+def cpu_decode(cache_dir) -> CpuDecodeAttention:
+    return load_cpu_decode_attention(cache_dir)
+
+
+def on_cpu(batch):
+    """The batch's tensors on the CPU (the fixtures build them on CUDA when there is one)."""
+    return dataclasses.replace(
+        batch,
+        **{
+            field.name: getattr(batch, field.name).cpu()
+            for field in dataclasses.fields(batch)
+            if isinstance(getattr(batch, field.name), torch.Tensor)
+        },
+    )
+
+
+def decode_with(cpu_decode, batch) -> torch.Tensor:
+    return cpu_decode(
+        batch.query,
+        batch.k_cache,
+        batch.v_cache,
+        batch.block_tables,
+        batch.context_lens,
+        batch.scale,
+    )
+
+
+def reference_decode(batch) -> torch.Tensor:
+    return reference.paged_decode_attention(
+        batch.query,
+        batch.k_cache,
+        batch.v_cache,
+        batch.block_tables,
+        batch.context_lens,
+        max(batch.context_lens_host),
+        batch.scale,
+    )
+
+
+@pytest.mark.parametrize(
+    ("query_group_size", "head_dim", "block_size"),
+    [
+        (1, 64, 16),  # vector path (head_dim a multiple of 16), no GQA
+        (2, 64, 16),  # the bench model's shape
+        (4, 128, 8),
+        (8, 64, 32),  # a block of two 16-token tiles
+        (2, 80, 16),  # head_dim 80: vector path, 5 chunks
+        (4, 40, 16),  # head_dim 40: the portable path
+        (1, 24, 64),  # the portable path over 64-token blocks
+    ],
+)
+def test_matches_reference(
+    paged_batch, check_close, cpu_decode, query_group_size, head_dim, block_size
+):
+    batch = on_cpu(
+        paged_batch(
+            CONTEXT_LENS, [1] * 6, 2, query_group_size, head_dim, block_size, torch.float32, 3
+        )
+    )
+    assert cpu_decode.supports(batch.query, batch.k_cache)
+    check_close(decode_with(cpu_decode, batch), reference_decode(batch), torch.float32)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_thread_counts(paged_batch, check_close, cpu_decode, threads):
+    """Work items spread over however many threads torch runs with (more than cores too)."""
+    batch = on_cpu(paged_batch(CONTEXT_LENS * 4, [1] * 24, 4, 2, 64, 16, torch.float32, threads))
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = decode_with(cpu_decode, batch)
+    finally:
+        torch.set_num_threads(saved)
+    check_close(out, reference_decode(batch), torch.float32)
+
+
+def test_large_scores_stay_finite(paged_batch, check_close, cpu_decode):
+    """Scores in the hundreds: the running-max softmax must neither overflow nor lose the
+    small terms (e^-87 and below flush to zero, as in float32 softmax)."""
+    batch = on_cpu(paged_batch(CONTEXT_LENS, [1] * 6, 2, 2, 64, 16, torch.float32, 5))
+    batch = dataclasses.replace(batch, query=batch.query * 40)
+    out = decode_with(cpu_decode, batch)
+    assert torch.isfinite(out).all()
+    check_close(out, reference_decode(batch), torch.float32)
+
+
+def test_unsupported_inputs_are_refused(paged_batch, cpu_decode):
+    batch = on_cpu(paged_batch(CONTEXT_LENS, [1] * 6, 1, 32, 64, 16, torch.float32, 1))
+    assert not cpu_decode.supports(batch.query, batch.k_cache), "group 32 > the kernel's 16"
+    half = on_cpu(paged_batch(CONTEXT_LENS, [1] * 6, 2, 2, 64, 16, torch.float16, 1))
+    assert not cpu_decode.supports(half.query, half.k_cache)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("num_decode_seqs", [0, 3, 6])
+def test_backend_mixed_batches(paged_batch, check_close, cache_dir, dtype, num_decode_seqs):
+    """Decodes first, then prefill chunks (up to 5 new tokens), as the engine lays them out;
+    float16, which the kernel does not take, runs wholly on the reference."""
+    query_lens = [1] * num_decode_seqs + [min(n, 5) for n in CONTEXT_LENS[num_decode_seqs:]]
+    batch = on_cpu(paged_batch(CONTEXT_LENS, query_lens, 2, 2, 64, 16, dtype, num_decode_seqs))
+    metadata = SimpleNamespace(
+        block_tables=batch.block_tables,
+        context_lens=batch.context_lens,
+        context_lens_host=batch.context_lens_host,
+        query_start_loc_host=batch.query_start_loc_host,
+        num_decode_seqs=num_decode_seqs,
+    )
+    out = CpuAttentionBackend(cache_dir).attend(
+        batch.query, batch.k_cache, batch.v_cache, metadata, batch.scale
+    )
+    expected = reference.paged_attention(
+        **batch.upcast(),
+        block_tables=batch.block_tables,
+        query_start_loc=batch.query_start_loc_host,
+        context_lens=batch.context_lens_host,
+        num_decode_seqs=num_decode_seqs,
+        scale=batch.scale,
+    )
+    check_close(out, expected, dtype)
+
+
+def test_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("CC", "no-such-compiler-xyz")
+    with pytest.raises(NativeBuildError, match="no-such-compiler-xyz"):
+        load_native_library("cpu_decode_attention", tmp_path)
+    assert not list(tmp_path.iterdir()), "nothing is left behind"
+
+
+def test_build_is_cached_by_content(tmp_path):
+    first = load_native_library("cpu_decode_attention", tmp_path)
+    built = first.path.stat().st_mtime_ns
+    second = load_native_library("cpu_decode_attention", tmp_path)
+    assert second.path == first.path
+    assert second.path.stat().st_mtime_ns == built, "a cached library is not rebuilt"
+    assert [p.name for p in tmp_path.iterdir()] == [first.path.name], "no temporary files"
