@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from serve_app.engine.layers.linear import linear
+from serve_app.engine.layers.linear import linear_contiguous
 from serve_app.engine.parallel import ParallelContext
 
 
@@ -39,6 +39,6 @@ class ParallelLMHead(VocabParallelEmbedding):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor | None:  # type: ignore[override]
         # Contiguous rows for the sampler: on the transposed view `linear` returns, a row-wise
-        # argmax over 128 x 32000 logits took 13.9 ms against 2.6 ms plus a 6.5 ms copy.
-        local_logits = linear(hidden, self.weight).contiguous()  # (tokens, vocab_per_rank)
+        # argmax over 128 x 32000 logits took 13.9 ms against 2.6 ms on contiguous rows.
+        local_logits = linear_contiguous(hidden, self.weight)  # (tokens, vocab_per_rank)
         return self.ctx.gather_last_dim_to_first_rank(local_logits)
