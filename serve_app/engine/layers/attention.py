@@ -1,8 +1,9 @@
 """Paged attention behind one interface, with an explicit switch between backends.
 
 `torch` runs the references in kernels/reference.py (the oracle, and the CPU fallback);
-`cpu` runs decodes through the native C kernel (kernels/cpu_decode_attention.py, built on
-first use with the machine's C compiler) and the rest through the references;
+`cpu` runs attention through the native C kernel (kernels/cpu_paged_attention.py, built on
+first use with the machine's C compiler) and KV writes and long prefill chunks through the
+references;
 `triton` runs the Triton kernels (CUDA, or CPU under TRITON_INTERPRET=1).
 """
 
@@ -91,18 +92,18 @@ def kernel_cache_dir() -> Path:
 
 
 def cpu_kernel_unavailable_reason() -> str | None:
-    """None when the native CPU decode kernel builds and loads here, else why not (tried once
+    """None when the native CPU attention kernel builds and loads here, else why not (tried once
     per process and cache directory)."""
     return _cpu_kernel_unavailable_reason(kernel_cache_dir())
 
 
 @cache
 def _cpu_kernel_unavailable_reason(cache_dir: Path) -> str | None:
-    from kernels.cpu_decode_attention import load_cpu_decode_attention
+    from kernels.cpu_paged_attention import load_cpu_paged_attention
     from kernels.native_build import NativeBuildError
 
     try:
-        load_cpu_decode_attention(cache_dir)
+        load_cpu_paged_attention(cache_dir)
     except NativeBuildError as error:
         return str(error)
     return None

@@ -46,20 +46,30 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         inv_freq = rope_inverse_frequencies(head_dim, base, scaling)
         angles = torch.outer(torch.arange(max_position, dtype=torch.float32), inv_freq)
-        # (max_position, head_dim): cos | sin halves, each (max_position, head_dim / 2)
+        cos, sin = angles.cos(), angles.sin()  # (max_position, head_dim / 2)
+        # (max_position, 2, head_dim): [cos | cos] and [-sin | sin], so that
+        # x * cos + rotate_half(x) * sin = x * row[0] + swap_halves(x) * row[1]
         self.register_buffer(
-            "cos_sin", torch.cat([angles.cos(), angles.sin()], -1), persistent=False
+            "cos_sin",
+            torch.stack([torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1)], 1),
+            persistent=False,
         )
 
     def forward(
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """query (tokens, heads, head_dim), key (tokens, kv_heads, head_dim)."""
-        cos, sin = self.cos_sin[positions].unsqueeze(1).chunk(2, dim=-1)  # (tokens, 1, half)
-        return _rotate(query, cos, sin), _rotate(key, cos, sin)
+        return self.rotate(positions, query), self.rotate(positions, key)
 
+    def rotate(self, positions: torch.Tensor, heads: torch.Tensor) -> torch.Tensor:
+        """Rotates every head of `heads` (tokens, heads, head_dim) at its token's position;
+        q and k side by side (adjacent in the fused qkv projection) go in one call.
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    first, second = x.chunk(2, dim=-1)
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
+        The same float operations as HF's `q * cos + rotate_half(q) * sin` (negating is
+        exact), so results match it bit for bit; a new contiguous tensor.
+        """
+        table = self.cos_sin[positions].to(heads.dtype)  # (tokens, 2, head_dim)
+        cos, sin = table[:, None, 0], table[:, None, 1]  # (tokens, 1, head_dim) each
+        first, second = heads.chunk(2, dim=-1)
+        swapped = torch.cat([second, first], dim=-1)
+        return (heads * cos).add_(swapped * sin)

@@ -43,6 +43,7 @@ class LlamaAttention(nn.Module):
         )
         self.head_dim = arch.head_dim
         self.q_size, self.kv_size = self.qkv_proj.q_size, self.qkv_proj.kv_size
+        self.num_heads = self.qkv_proj.num_heads_per_rank
         if arch.qk_norm:
             self.q_norm = RMSNorm(arch.head_dim, arch.rms_norm_eps)
             self.k_norm = RMSNorm(arch.head_dim, arch.rms_norm_eps)
@@ -65,13 +66,17 @@ class LlamaAttention(nn.Module):
         metadata: AttentionMetadata,
     ) -> torch.Tensor:
         num_tokens = hidden.shape[0]
-        q, k, v = self.qkv_proj(hidden).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(num_tokens, -1, self.head_dim)  # (tokens, heads, head_dim)
-        k = k.view(num_tokens, -1, self.head_dim)  # (tokens, kv_heads, head_dim)
-        v = v.view(num_tokens, -1, self.head_dim)
+        qkv = self.qkv_proj(hidden)  # (tokens, q_size + 2 * kv_size)
+        qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
+        v = v.view(num_tokens, -1, self.head_dim)  # (tokens, kv_heads, head_dim)
         if self.qk_norm:
-            q, k = self.q_norm.normalize(q), self.k_norm.normalize(k)
-        q, k = self.rotary(positions, q, k)
+            q, k = qk.split([self.q_size, self.kv_size], dim=-1)
+            q = self.q_norm.normalize(q.view(num_tokens, -1, self.head_dim))
+            k = self.k_norm.normalize(k.view(num_tokens, -1, self.head_dim))
+            q, k = self.rotary(positions, q, k)
+        else:  # q and k heads rotated together: (tokens, heads + kv_heads, head_dim)
+            qk = self.rotary.rotate(positions, qk.view(num_tokens, -1, self.head_dim))
+            q, k = qk.split([self.num_heads, qk.shape[1] - self.num_heads], dim=1)
         out = self.attn(q, k, v, kv_cache, metadata)  # (tokens, heads, head_dim)
         return self.o_proj(out.reshape(num_tokens, -1))
 

@@ -1,7 +1,7 @@
-"""The native CPU decode kernel (kernels/cpu_decode_attention.py) against
-reference.paged_decode_attention: ragged lengths, shuffled strided block tables, GQA ratios,
-head sizes on both of its paths, block sizes above its 16-token tile, thread counts; and the
-`cpu` backend on mixed batches against reference.paged_attention."""
+"""The native CPU attention kernel (kernels/cpu_paged_attention.py) against the references:
+decodes (ragged lengths, shuffled strided block tables, GQA ratios, head sizes on both of
+its paths, block sizes above its 16-token tile, thread counts), and the `cpu` backend on
+batches of decodes and prefill chunks (fresh prompts and chunks after a cached prefix)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 
 from kernels import reference
 from kernels.cpu_backend import CpuAttentionBackend
-from kernels.cpu_decode_attention import CpuDecodeAttention, load_cpu_decode_attention
+from kernels.cpu_paged_attention import CpuPagedAttention, load_cpu_paged_attention
 from kernels.native_build import NativeBuildError, load_native_library
 
 # Length 1, mid-block, exactly one block, one past a block, several blocks ending mid-tile.
@@ -27,8 +27,8 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cpu_decode(cache_dir) -> CpuDecodeAttention:
-    return load_cpu_decode_attention(cache_dir)
+def cpu_kernel(cache_dir) -> CpuPagedAttention:
+    return load_cpu_paged_attention(cache_dir)
 
 
 def on_cpu(batch):
@@ -43,8 +43,8 @@ def on_cpu(batch):
     )
 
 
-def decode_with(cpu_decode, batch) -> torch.Tensor:
-    return cpu_decode(
+def decode_with(cpu_kernel, batch) -> torch.Tensor:
+    return cpu_kernel.decode(
         batch.query,
         batch.k_cache,
         batch.v_cache,
@@ -79,54 +79,62 @@ def reference_decode(batch) -> torch.Tensor:
     ],
 )
 def test_matches_reference(
-    paged_batch, check_close, cpu_decode, query_group_size, head_dim, block_size
+    paged_batch, check_close, cpu_kernel, query_group_size, head_dim, block_size
 ):
     batch = on_cpu(
         paged_batch(
             CONTEXT_LENS, [1] * 6, 2, query_group_size, head_dim, block_size, torch.float32, 3
         )
     )
-    assert cpu_decode.supports(batch.query, batch.k_cache)
-    check_close(decode_with(cpu_decode, batch), reference_decode(batch), torch.float32)
+    assert cpu_kernel.supports(batch.query, batch.k_cache)
+    check_close(decode_with(cpu_kernel, batch), reference_decode(batch), torch.float32)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_thread_counts(paged_batch, check_close, cpu_decode, threads):
+def test_thread_counts(paged_batch, check_close, cpu_kernel, threads):
     """Work items spread over however many threads torch runs with (more than cores too)."""
     batch = on_cpu(paged_batch(CONTEXT_LENS * 4, [1] * 24, 4, 2, 64, 16, torch.float32, threads))
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        out = decode_with(cpu_decode, batch)
+        out = decode_with(cpu_kernel, batch)
     finally:
         torch.set_num_threads(saved)
     check_close(out, reference_decode(batch), torch.float32)
 
 
-def test_large_scores_stay_finite(paged_batch, check_close, cpu_decode):
+def test_large_scores_stay_finite(paged_batch, check_close, cpu_kernel):
     """Scores in the hundreds: the running-max softmax must neither overflow nor lose the
     small terms (e^-87 and below flush to zero, as in float32 softmax)."""
     batch = on_cpu(paged_batch(CONTEXT_LENS, [1] * 6, 2, 2, 64, 16, torch.float32, 5))
     batch = dataclasses.replace(batch, query=batch.query * 40)
-    out = decode_with(cpu_decode, batch)
+    out = decode_with(cpu_kernel, batch)
     assert torch.isfinite(out).all()
     check_close(out, reference_decode(batch), torch.float32)
 
 
-def test_unsupported_inputs_are_refused(paged_batch, cpu_decode):
+def test_unsupported_inputs_are_refused(paged_batch, cpu_kernel):
     batch = on_cpu(paged_batch(CONTEXT_LENS, [1] * 6, 1, 32, 64, 16, torch.float32, 1))
-    assert not cpu_decode.supports(batch.query, batch.k_cache), "group 32 > the kernel's 16"
+    assert not cpu_kernel.supports(batch.query, batch.k_cache), "group 32 > the kernel's 16"
     half = on_cpu(paged_batch(CONTEXT_LENS, [1] * 6, 2, 2, 64, 16, torch.float16, 1))
-    assert not cpu_decode.supports(half.query, half.k_cache)
+    assert not cpu_kernel.supports(half.query, half.k_cache)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("num_decode_seqs", [0, 3, 6])
-def test_backend_mixed_batches(paged_batch, check_close, cache_dir, dtype, num_decode_seqs):
-    """Decodes first, then prefill chunks (up to 5 new tokens), as the engine lays them out;
-    float16, which the kernel does not take, runs wholly on the reference."""
-    query_lens = [1] * num_decode_seqs + [min(n, 5) for n in CONTEXT_LENS[num_decode_seqs:]]
-    batch = on_cpu(paged_batch(CONTEXT_LENS, query_lens, 2, 2, 64, 16, dtype, num_decode_seqs))
+@pytest.mark.parametrize(
+    "query_lens",
+    [
+        [1, 1, 1, 1, 1, 1],  # decodes only
+        [1, 1, 1, 17, 5, 130],  # decodes, then a fresh prompt, a chunk after a prefix, a prompt
+        [1, 6, 16, 17, 45, 130],  # fresh prompts only
+        [1, 3, 9, 1, 40, 64],  # chunks after cached prefixes (and one-token chunks)
+    ],
+)
+def test_backend_batches(paged_batch, check_close, cache_dir, dtype, query_lens):
+    """Decodes first, then prefill chunks, as the engine lays them out; float16, which the
+    kernel does not take, runs wholly on the reference."""
+    num_decode_seqs = next((i for i, n in enumerate(query_lens) if n != 1), len(query_lens))
+    batch = on_cpu(paged_batch(CONTEXT_LENS, query_lens, 2, 2, 64, 16, dtype, sum(query_lens)))
     metadata = SimpleNamespace(
         block_tables=batch.block_tables,
         context_lens=batch.context_lens,
@@ -151,14 +159,14 @@ def test_backend_mixed_batches(paged_batch, check_close, cache_dir, dtype, num_d
 def test_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("CC", "no-such-compiler-xyz")
     with pytest.raises(NativeBuildError, match="no-such-compiler-xyz"):
-        load_native_library("cpu_decode_attention", tmp_path)
+        load_native_library("cpu_paged_attention", tmp_path)
     assert not list(tmp_path.iterdir()), "nothing is left behind"
 
 
 def test_build_is_cached_by_content(tmp_path):
-    first = load_native_library("cpu_decode_attention", tmp_path)
+    first = load_native_library("cpu_paged_attention", tmp_path)
     built = first.path.stat().st_mtime_ns
-    second = load_native_library("cpu_decode_attention", tmp_path)
+    second = load_native_library("cpu_paged_attention", tmp_path)
     assert second.path == first.path
     assert second.path.stat().st_mtime_ns == built, "a cached library is not rebuilt"
     assert [p.name for p in tmp_path.iterdir()] == [first.path.name], "no temporary files"

@@ -1,17 +1,18 @@
-/* Paged decode attention on CPU, float32: one query token per sequence attends over its
- * cached context, reading K/V blocks where they lie in the paged cache (no gather copy).
+/* Paged attention on CPU, float32: each query token attends over its sequence's cached
+ * context, reading K/V blocks where they lie in the paged cache (no gather copy).
  *
  * Layouts (all contiguous, row-major):
- *   query, out:       (num_seqs, num_heads, head_dim)
- *   k_cache, v_cache: (num_blocks, block_size, num_kv_heads, head_dim)
- *   block_tables:     (num_seqs, max_blocks_per_seq) int32
- *   context_lens:     (num_seqs,) int32, each >= 1
+ *   query, out:         (num_tokens, num_heads, head_dim)
+ *   k_cache, v_cache:   (num_blocks, block_size, num_kv_heads, head_dim)
+ *   block_tables:       (num_seqs, max_blocks_per_seq) int32
+ *   token_seqs:         (num_tokens,) int32: the sequence (block-table row) of each token
+ *   token_context_lens: (num_tokens,) int32: cached tokens it sees, or 0 to skip it
  * Query head h reads KV head h / (num_heads / num_kv_heads) (grouped-query attention).
  *
  * Keys and values are visited in tiles of at most 16 tokens with an online (running max)
  * softmax. Two paths: with AVX-512 and head_dim a multiple of 16, one work item is a
- * sequence (every head, each block read once and in order); otherwise portable C that the
- * compiler vectorizes, one work item per (sequence, KV head). Work items are spread over
+ * query token (every head, each block read once and in order); otherwise portable C that the
+ * compiler vectorizes, one work item per (token, KV head). Work items are spread over
  * `num_threads` OpenMP threads of the caller's process: torch's own runtime, since this
  * library links libgomp.so.1 and torch has already loaded it.
  */
@@ -21,7 +22,7 @@
 #define MAX_GROUP 16      /* query heads per KV head */
 #define TILE 16           /* tokens per softmax tile */
 #define MAX_HEAD_DIM 256
-#define MAX_HEADS 64     /* query heads per rank, for the one-sequence-per-item path */
+#define MAX_HEADS 64     /* query heads per rank, for the one-token-per-item path */
 
 /* e^x for x <= 0, vectorizable: x = n ln2 + r, e^r by a degree-6 polynomial on
  * |r| <= ln2 / 2 (relative error below 2e-7), 2^n built in the exponent bits. */
@@ -151,10 +152,10 @@ static inline __m512 sum_lanes_16(const __m512 v[16]) {
 
 #define MAX_CHUNKS (MAX_HEAD_DIM / 16)
 
-/* One sequence, every head, head_dim a multiple of 16: each KV block is read once, whole
+/* One query token, every head, head_dim a multiple of 16: each KV block is read once, whole
  * and in order (all KV heads of a token are adjacent), which the hardware prefetcher
  * streams. Scores of 16 tokens at a time fill one vector. */
-static inline __attribute__((always_inline)) void attend_seq_avx512_impl(
+static inline __attribute__((always_inline)) void attend_token_avx512_impl(
     const float *query, const float *k_cache, const float *v_cache, const int32_t *block_table,
     int context_len, int num_heads, int num_kv_heads, int block_size, int head_dim, float scale,
     float *out, const int chunks) {
@@ -236,51 +237,59 @@ static inline __attribute__((always_inline)) void attend_seq_avx512_impl(
 
 /* Specialised for the common head sizes (64, 128) so the per-chunk loops unroll and the
  * accumulators stay in registers. */
-static void attend_seq_avx512(const float *query, const float *k_cache, const float *v_cache,
+static void attend_token_avx512(const float *query, const float *k_cache, const float *v_cache,
                               const int32_t *block_table, int context_len, int num_heads,
                               int num_kv_heads, int block_size, int head_dim, float scale,
                               float *out) {
     if (head_dim == 64)
-        attend_seq_avx512_impl(query, k_cache, v_cache, block_table, context_len, num_heads,
+        attend_token_avx512_impl(query, k_cache, v_cache, block_table, context_len, num_heads,
                                num_kv_heads, block_size, head_dim, scale, out, 4);
     else if (head_dim == 128)
-        attend_seq_avx512_impl(query, k_cache, v_cache, block_table, context_len, num_heads,
+        attend_token_avx512_impl(query, k_cache, v_cache, block_table, context_len, num_heads,
                                num_kv_heads, block_size, head_dim, scale, out, 8);
     else
-        attend_seq_avx512_impl(query, k_cache, v_cache, block_table, context_len, num_heads,
+        attend_token_avx512_impl(query, k_cache, v_cache, block_table, context_len, num_heads,
                                num_kv_heads, block_size, head_dim, scale, out, head_dim / 16);
 }
 #endif
 
-/* Returns 0, or -1 when a shape is beyond the fixed limits above (caller falls back). */
-int paged_decode_attention_f32(const float *query, const float *k_cache, const float *v_cache,
-                               const int32_t *block_tables, const int32_t *context_lens,
-                               float *out, int num_seqs, int num_heads, int num_kv_heads,
-                               int head_dim, int block_size, int max_blocks_per_seq,
-                               float scale, int num_threads) {
+/* Every query token attends over the first token_context_lens[i] cached tokens of sequence
+ * token_seqs[i] (its own position + 1: the new tokens are already in the cache), so one call
+ * covers decodes and prefill chunks alike; tokens with a context length of 0 are skipped
+ * and their rows of `out` left as they were. Returns 0, or -1 when a shape is beyond the
+ * fixed limits above (the caller checks first). */
+int paged_attention_f32(const float *query, const float *k_cache, const float *v_cache,
+                        const int32_t *block_tables, const int32_t *token_seqs,
+                        const int32_t *token_context_lens, float *out, int num_tokens,
+                        int num_heads, int num_kv_heads, int head_dim, int block_size,
+                        int max_blocks_per_seq, float scale, int num_threads) {
     const int group = num_heads / num_kv_heads;
     if (group > MAX_GROUP || head_dim > MAX_HEAD_DIM || num_heads % num_kv_heads) return -1;
 #ifdef __AVX512F__
     if (head_dim % 16 == 0 && num_heads <= MAX_HEADS) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
-        for (int seq = 0; seq < num_seqs; ++seq) {
-            const long offset = (long)seq * num_heads * head_dim;
-            attend_seq_avx512(query + offset, k_cache, v_cache,
-                              block_tables + (long)seq * max_blocks_per_seq, context_lens[seq],
-                              num_heads, num_kv_heads, block_size, head_dim, scale, out + offset);
+        for (int token = 0; token < num_tokens; ++token) {
+            if (token_context_lens[token] <= 0) continue;
+            const long offset = (long)token * num_heads * head_dim;
+            attend_token_avx512(query + offset, k_cache, v_cache,
+                              block_tables + (long)token_seqs[token] * max_blocks_per_seq,
+                              token_context_lens[token], num_heads, num_kv_heads, block_size,
+                              head_dim, scale, out + offset);
         }
         return 0;
     }
 #endif
-    const long items = (long)num_seqs * num_kv_heads;
+    const long items = (long)num_tokens * num_kv_heads;
 #pragma omp parallel for schedule(dynamic, 4) num_threads(num_threads)
     for (long item = 0; item < items; ++item) {
-        const int seq = (int)(item / num_kv_heads);
+        const int token = (int)(item / num_kv_heads);
         const int kv_head = (int)(item % num_kv_heads);
-        const long head_offset = ((long)seq * num_heads + (long)kv_head * group) * head_dim;
+        if (token_context_lens[token] <= 0) continue;
+        const long head_offset = ((long)token * num_heads + (long)kv_head * group) * head_dim;
         attend_one(query + head_offset, k_cache, v_cache,
-                   block_tables + (long)seq * max_blocks_per_seq, context_lens[seq], kv_head,
-                   group, num_kv_heads, block_size, head_dim, scale, out + head_offset);
+                   block_tables + (long)token_seqs[token] * max_blocks_per_seq,
+                   token_context_lens[token], kv_head, group, num_kv_heads, block_size, head_dim,
+                   scale, out + head_offset);
     }
     return 0;
 }
