@@ -14,6 +14,8 @@ from serve_app.engine.layers.attention import (
     cpu_kernel_unavailable_reason,
     make_attention_backend,
 )
+from serve_app.engine.layers.linear import pack_projection_weights
+from serve_app.engine.layers.packed_linear import onednn_packing_available
 from serve_app.engine.loader import load_weights, read_architecture
 from serve_app.engine.model_input import ModelInput
 from serve_app.engine.models.architecture import ModelArchitecture
@@ -95,6 +97,14 @@ class ModelRunner:
         self.model.to(self.dtype)
         load_weights(self.model, model_dir)
         self.model.eval()
+        self.packed_weights = (
+            config.cpu_packed_weights
+            and self.device.type == "cpu"
+            and self.dtype == torch.float32
+            and onednn_packing_available()
+        )
+        if self.packed_weights:
+            pack_projection_weights(self.model)
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @property

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from serve_app.engine.layers.linear import linear_contiguous
+from serve_app.engine.layers.linear import PackableProjection, linear_contiguous
 from serve_app.engine.parallel import ParallelContext
 
 
@@ -34,11 +34,14 @@ class VocabParallelEmbedding(nn.Module):
         return self.ctx.all_reduce(embedded)
 
 
-class ParallelLMHead(VocabParallelEmbedding):
+class ParallelLMHead(VocabParallelEmbedding, PackableProjection):
     """Projects hidden states to logits; rank 0 receives the full vocabulary, others None."""
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor | None:  # type: ignore[override]
         # Contiguous rows for the sampler: on the transposed view `linear` returns, a row-wise
         # argmax over 128 x 32000 logits took 13.9 ms against 2.6 ms on contiguous rows.
-        local_logits = linear_contiguous(hidden, self.weight)  # (tokens, vocab_per_rank)
+        if self.packed_weight is not None:
+            local_logits = self.project(hidden)  # (tokens, vocab_per_rank), contiguous
+        else:
+            local_logits = linear_contiguous(hidden, self.weight)
         return self.ctx.gather_last_dim_to_first_rank(local_logits)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from serve_app.engine.config import ConfigError
+from serve_app.engine.layers.packed_linear import pack_weight, packed_linear
 from serve_app.engine.parallel import ParallelContext
 
 # Below this many tokens CPU projections compute (W x^T)^T; from here on F.linear, which is
@@ -62,12 +63,48 @@ def linear_contiguous(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return out
 
 
+class PackableProjection(nn.Module):
+    """A layer whose `weight` (out, in) can be packed for oneDNN after loading
+    (layers/packed_linear.py); `project` then runs the packed GEMM."""
+
+    weight: nn.Parameter
+    packed_weight: torch.Tensor | None = None
+
+    def pack_weight(self, release: bool) -> None:
+        """Pack the loaded weight; `release` frees the plain copy (False where another layer
+        shares it, as a tied LM head shares the embedding's)."""
+        self.packed_weight = pack_weight(self.weight)
+        if release:
+            self.weight = nn.Parameter(torch.empty(0, dtype=self.weight.dtype), requires_grad=False)
+
+    def project(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if self.packed_weight is not None:
+            return packed_linear(x, self.packed_weight, bias)
+        return linear(x, self.weight, bias)
+
+
+def pack_projection_weights(model: nn.Module) -> int:
+    """Pack every PackableProjection's weight; returns how many were packed."""
+    projections = [m for m in model.modules() if isinstance(m, PackableProjection)]
+    projection_ids = {id(m) for m in projections}
+    # Weights some other layer reads too (tied embeddings) keep their plain copy.
+    shared = {
+        p.data_ptr()
+        for m in model.modules()
+        if id(m) not in projection_ids
+        for p in m.parameters(recurse=False)
+    }
+    for module in projections:
+        module.pack_weight(release=module.weight.data_ptr() not in shared)
+    return len(projections)
+
+
 def _attach_loader(param: nn.Parameter, loader) -> nn.Parameter:
     param.weight_loader = loader  # type: ignore[attr-defined]
     return param
 
 
-class ColumnParallelLinear(nn.Module):
+class ColumnParallelLinear(PackableProjection):
     """y = x W^T + b with W's rows (output features) split across ranks."""
 
     def __init__(
@@ -94,7 +131,7 @@ class ColumnParallelLinear(nn.Module):
         param.data.copy_(full.narrow(0, self.ctx.rank * rows, rows))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return linear(x, self.weight, self.bias)
+        return self.project(x, self.bias)
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -165,7 +202,7 @@ class QKVParallelLinear(ColumnParallelLinear):
         param.data.narrow(0, offset, size).copy_(full.narrow(0, start, size))
 
 
-class RowParallelLinear(nn.Module):
+class RowParallelLinear(PackableProjection):
     """y = x W^T + b with W's columns (input features) split across ranks; one all-reduce."""
 
     def __init__(
@@ -196,5 +233,5 @@ class RowParallelLinear(nn.Module):
         param.data.copy_(full)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.ctx.all_reduce(linear(x, self.weight))
+        out = self.ctx.all_reduce(self.project(x))
         return out + self.bias if self.bias is not None else out

@@ -1,0 +1,80 @@
+"""oneDNN-packed float32 projections (layers/packed_linear.py): the same products as
+F.linear, the same greedy tokens as the plain path, and plain weights released except where
+another layer shares them (a tied LM head)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from serve_app.engine.config import EngineConfig
+from serve_app.engine.engine import LLMEngine
+from serve_app.engine.layers.linear import PackableProjection
+from serve_app.engine.layers.packed_linear import (
+    onednn_packing_available,
+    pack_weight,
+    packed_linear,
+)
+from serve_app.engine.sampling_params import SamplingParams
+from tests.engine.checkpoints import build_checkpoint
+
+
+def test_packing_is_available_on_this_machine():
+    """The engine's CPU speed rests on it: a torch without oneDNN must fail here, not
+    silently run at half the rate."""
+    assert onednn_packing_available()
+
+
+def test_packed_products_match_float64():
+    generator = torch.Generator().manual_seed(3)
+    weight = torch.randn(96, 48, generator=generator)
+    bias = torch.randn(96, generator=generator)
+    packed = pack_weight(weight)
+    for tokens in (1, 7, 300):
+        x = torch.randn(tokens, 48, generator=generator)
+        got = packed_linear(x, packed, bias)
+        expected = F.linear(x.double(), weight.double(), bias.double())
+        assert got.shape == (tokens, 96) and got.is_contiguous()
+        assert ((got.double() - expected).norm() / expected.norm()).item() < 1e-6
+
+
+def run(packed: bool, model: str = "tiny") -> tuple[list[list[int]], LLMEngine]:
+    engine = LLMEngine(
+        EngineConfig(
+            model=model,
+            dtype="float32",
+            kv_cache_memory_bytes=8 << 20,
+            max_model_len=128,
+            max_num_batched_tokens=64,
+            cpu_packed_weights=packed,
+        )
+    )
+    prompts = [[5, 6, 7], list(range(10, 90)), [200] * 20]
+    params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+    return engine.generate(prompts, params), engine
+
+
+def test_packed_and_plain_paths_generate_the_same_tokens():
+    plain, plain_engine = run(packed=False)
+    packed, packed_engine = run(packed=True)
+    assert not plain_engine.executor.runner.packed_weights
+    assert packed_engine.executor.runner.packed_weights
+    assert packed == plain
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_plain_weights_are_released_unless_shared(tied, tmp_path):
+    model_dir = (
+        build_checkpoint("llama-tied-bias-linearrope-headdim32", tmp_path) if tied else "tiny"
+    )
+    _, engine = run(packed=True, model=str(model_dir))
+    model = engine.executor.runner.model
+    projections = [m for m in model.modules() if isinstance(m, PackableProjection)]
+    assert projections and all(m.packed_weight is not None for m in projections)
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied
+    for module in projections:
+        if module is model.lm_head and tied:
+            assert module.weight.numel() > 0, "the embedding still reads the tied weight"
+        else:
+            assert module.weight.numel() == 0, f"{type(module).__name__} kept its plain copy"
