@@ -4,10 +4,11 @@ by content, and loads it with ctypes.
 The library is built for this machine's CPU (`-march=native`) with OpenMP. It links
 libgomp.so.1; torch is imported first so that name resolves to the OpenMP runtime torch
 has already loaded, and the kernels share torch's thread pool instead of starting a second
-one. The cache key covers the source, the flags, the compiler's version and the CPU's
-feature flags, so a cache directory shared between machines never hands one CPU another's
-build. Builds go to a temporary file renamed into place: processes that build at the same
-time (tensor-parallel workers, test workers) each end with a complete library.
+one. The cache key covers the source and csrc/'s headers, the flags, the compiler's
+version and the CPU's feature flags, so a cache directory shared between machines never
+hands one CPU another's build. Builds go to a temporary file renamed into place: processes
+that build at the same time (tensor-parallel workers, test workers) each end with a
+complete library.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def load_native_library(name: str, cache_dir: Path) -> NativeLibrary:
         raise NativeBuildError(
             f"no C compiler: {compiler()!r} is not on PATH (set CC, or install gcc)"
         )
-    key = _cache_key(source.read_bytes(), cc)
+    # Headers count too: a source may include any file of csrc/.
+    headers = b"".join(path.read_bytes() for path in sorted(SOURCE_DIR.glob("*.h")))
+    key = _cache_key(source.read_bytes() + headers, cc)
     target = cache_dir / f"{name}-{key[:20]}.so"
     if not target.exists():
         _build(cc, source, target)

@@ -10,11 +10,14 @@ import torch
 
 from serve_app.engine.config import ConfigError, EngineConfig
 from serve_app.engine.host_memory import keep_freed_host_memory
+from serve_app.engine.layers.activation import SiluAndMul
 from serve_app.engine.layers.attention import (
     cpu_kernel_unavailable_reason,
+    kernel_cache_dir,
     make_attention_backend,
 )
 from serve_app.engine.layers.linear import pack_projection_weights
+from serve_app.engine.layers.norm import RMSNorm
 from serve_app.engine.layers.packed_linear import onednn_packing_available
 from serve_app.engine.loader import load_weights, read_architecture
 from serve_app.engine.model_input import ModelInput
@@ -105,6 +108,8 @@ class ModelRunner:
         )
         if self.packed_weights:
             pack_projection_weights(self.model)
+        if self.attention_backend == "cpu":
+            use_native_elementwise(self.model)
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @property
@@ -156,6 +161,22 @@ class ModelRunner:
         hidden = hidden[model_input.logits_indices.to(device)]
         logits = self.model.compute_logits(hidden)
         return logits.float() if logits is not None else None
+
+
+def use_native_elementwise(model: torch.nn.Module) -> None:
+    """The `cpu` backend's fused norm and SiLU-and-mul kernels in every layer that has them
+    (they fall back to torch ops on inputs they do not take)."""
+    from kernels.cpu_elementwise import load_cpu_elementwise
+    from kernels.native_build import NativeBuildError
+
+    try:
+        kernels = load_cpu_elementwise(kernel_cache_dir())
+    except NativeBuildError as error:
+        logger.warning("native elementwise kernels unavailable, torch ops instead: %s", error)
+        return
+    for module in model.modules():
+        if isinstance(module, (RMSNorm, SiluAndMul)):
+            module.native = kernels
 
 
 def _host_available_memory_bytes() -> int:
