@@ -1,7 +1,8 @@
 """Launcher of the native CPU elementwise kernels (kernels/csrc/cpu_elementwise.c): the
-residual add fused with RMSNorm, and SiLU-and-mul, float32, one pass each over contiguous
-rows. Same results as the torch ops in serve_app/engine/layers (norm.py, activation.py)
-up to float rounding (bench/README.md has the measurements).
+residual add fused with RMSNorm, SiLU-and-mul, and the rotary embedding of q and k fused
+with the K/V cache write, float32, one pass each over contiguous rows. Same results as the
+torch ops in serve_app/engine/layers (norm.py, activation.py, rotary.py) up to float
+rounding (bench/README.md has the measurements).
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ class CpuElementwise:
         self._silu_and_mul = native.library.silu_and_mul_f32
         self._silu_and_mul.restype = None
         self._silu_and_mul.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int] * 3
+        self._rotary_store_kv = native.library.rotary_store_kv_f32
+        self._rotary_store_kv.restype = None
+        self._rotary_store_kv.argtypes = (
+            [ctypes.c_void_p, ctypes.c_long] + [ctypes.c_void_p] * 6 + [ctypes.c_int] * 5
+        )
 
     @staticmethod
     def supports(*tensors: torch.Tensor) -> bool:
@@ -76,6 +82,54 @@ class CpuElementwise:
             gate_up.data_ptr(), out.data_ptr(), tokens, width // 2, torch.get_num_threads()
         )
         return out
+
+    def supports_rotary_store(self, qkv: torch.Tensor, k_cache: torch.Tensor) -> bool:
+        """float32 CPU qkv rows (unit column stride) and a contiguous float32 cache."""
+        return (
+            qkv.dim() == 2
+            and qkv.device.type == "cpu"
+            and qkv.dtype == torch.float32
+            and qkv.stride(1) == 1
+            and k_cache.dtype == torch.float32
+            and k_cache.is_contiguous()
+        )
+
+    def rotary_store_kv(
+        self,
+        qkv: torch.Tensor,  # (tokens, >= (heads + 2 * kv_heads) * head_dim), unit column stride
+        positions: torch.Tensor,  # (tokens,) int64
+        cos_sin: torch.Tensor,  # (max_position, 2, head_dim): [cos | cos], [-sin | sin]
+        k_cache: torch.Tensor,  # (num_blocks, block_size, kv_heads, head_dim)
+        v_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,  # (tokens,) int64
+        num_heads: int,
+    ) -> torch.Tensor:
+        """Rotates q and k of every token, writes k and v to the token's cache slot; returns
+        the rotated queries (tokens, num_heads, head_dim), contiguous."""
+        assert self.supports_rotary_store(qkv, k_cache), "caller checks first"
+        assert v_cache.is_contiguous() and cos_sin.is_contiguous()
+        num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+        assert qkv.shape[1] >= (num_heads + 2 * num_kv_heads) * head_dim
+        positions = positions.to(torch.int64).contiguous()
+        slot_mapping = slot_mapping.to(torch.int64).contiguous()
+        tokens = qkv.shape[0]
+        query = torch.empty(tokens, num_heads, head_dim, dtype=qkv.dtype)
+        self._rotary_store_kv(
+            qkv.data_ptr(),
+            qkv.stride(0),
+            positions.data_ptr(),
+            cos_sin.data_ptr(),
+            query.data_ptr(),
+            k_cache.data_ptr(),
+            v_cache.data_ptr(),
+            slot_mapping.data_ptr(),
+            tokens,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            torch.get_num_threads(),
+        )
+        return query
 
 
 _loaded: dict[Path, CpuElementwise] = {}

@@ -2,6 +2,8 @@
  *   add_rms_norm_f32:  residual += x (when x is given); out = residual * rsqrt(mean(residual^2)
  *                      + eps) * weight, in HF's order of operations
  *   silu_and_mul_f32:  out[t, j] = silu(gate_up[t, j]) * gate_up[t, inter + j]
+ *   rotary_store_kv_f32: q and k rotated out of the qkv projection, k and v written to
+ *                      their cache slots
  * Rows are spread over `num_threads` OpenMP threads (torch's runtime: see native_build.py).
  */
 #include <math.h>
@@ -64,5 +66,49 @@ void silu_and_mul_f32(const float *gate_up, float *out, int tokens, int inter,
         }
 #endif
         for (; j < inter; ++j) o[j] = silu(gate[j]) * up[j];
+    }
+}
+
+/* Rotary embedding of q and k straight out of the fused qkv projection, with the K/V write
+ * into the paged cache (HF's GPT-NeoX half rotation, its float operations in its order:
+ * x * cos + rotate_half(x) * sin, as separate products and a sum):
+ *   qkv:         (tokens, row_stride) rows: [q heads | k heads | v heads], head_dim each
+ *   positions:   (tokens,) int64
+ *   cos_sin:     (max_position, 2, head_dim): [cos | cos] and [-sin | sin] per position
+ *   query_out:   (tokens, num_heads, head_dim), the rotated queries
+ *   k/v_cache:   (num_blocks * block_size, num_kv_heads, head_dim) flattened slots
+ *   slot_mapping:(tokens,) int64 slot of each token
+ */
+static inline void rotate_head(const float *x, const float *cos, const float *sin, float *out,
+                               int head_dim) {
+    const int half = head_dim / 2;
+#pragma omp simd
+    for (int d = 0; d < half; ++d) out[d] = x[d] * cos[d] + x[d + half] * sin[d];
+#pragma omp simd
+    for (int d = half; d < head_dim; ++d) out[d] = x[d] * cos[d] + x[d - half] * sin[d];
+}
+
+void rotary_store_kv_f32(const float *qkv, long row_stride, const int64_t *positions,
+                         const float *cos_sin, float *query_out, float *k_cache, float *v_cache,
+                         const int64_t *slot_mapping, int tokens, int num_heads,
+                         int num_kv_heads, int head_dim, int num_threads) {
+    const long kv_width = (long)num_kv_heads * head_dim;
+#pragma omp parallel for schedule(static) num_threads(num_threads)
+    for (int t = 0; t < tokens; ++t) {
+        const float *row = qkv + (long)t * row_stride;
+        const float *cos = cos_sin + positions[t] * 2 * head_dim;
+        const float *sin = cos + head_dim;
+        for (int h = 0; h < num_heads; ++h)
+            rotate_head(row + (long)h * head_dim, cos, sin,
+                        query_out + ((long)t * num_heads + h) * head_dim, head_dim);
+        const float *keys = row + (long)num_heads * head_dim;
+        float *k_slot = k_cache + slot_mapping[t] * kv_width;
+        for (int h = 0; h < num_kv_heads; ++h)
+            rotate_head(keys + (long)h * head_dim, cos, sin, k_slot + (long)h * head_dim,
+                        head_dim);
+        const float *values = keys + kv_width;
+        float *v_slot = v_cache + slot_mapping[t] * kv_width;
+#pragma omp simd
+        for (long j = 0; j < kv_width; ++j) v_slot[j] = values[j];
     }
 }

@@ -10,14 +10,12 @@ import torch
 
 from serve_app.engine.config import ConfigError, EngineConfig
 from serve_app.engine.host_memory import keep_freed_host_memory
-from serve_app.engine.layers.activation import SiluAndMul
 from serve_app.engine.layers.attention import (
     cpu_kernel_unavailable_reason,
     kernel_cache_dir,
     make_attention_backend,
 )
 from serve_app.engine.layers.linear import pack_projection_weights
-from serve_app.engine.layers.norm import RMSNorm
 from serve_app.engine.layers.packed_linear import onednn_packing_available
 from serve_app.engine.loader import load_weights, read_architecture
 from serve_app.engine.model_input import ModelInput
@@ -164,8 +162,9 @@ class ModelRunner:
 
 
 def use_native_elementwise(model: torch.nn.Module) -> None:
-    """The `cpu` backend's fused norm and SiLU-and-mul kernels in every layer that has them
-    (they fall back to torch ops on inputs they do not take)."""
+    """The `cpu` backend's fused kernels (norm, SiLU-and-mul, rotary + KV write) in every
+    layer that takes them: those with a `native` slot (they fall back to torch ops on inputs
+    the kernels do not take)."""
     from kernels.cpu_elementwise import load_cpu_elementwise
     from kernels.native_build import NativeBuildError
 
@@ -175,7 +174,7 @@ def use_native_elementwise(model: torch.nn.Module) -> None:
         logger.warning("native elementwise kernels unavailable, torch ops instead: %s", error)
         return
     for module in model.modules():
-        if isinstance(module, (RMSNorm, SiluAndMul)):
+        if hasattr(module, "native"):
             module.native = kernels
 
 

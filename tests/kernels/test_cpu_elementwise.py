@@ -75,3 +75,37 @@ def test_supports_only_contiguous_float32_cpu(kernels):
     assert kernels.supports(rows)
     assert not kernels.supports(rows.t())
     assert not kernels.supports(rows.half())
+
+
+@pytest.mark.parametrize(("num_heads", "num_kv_heads", "head_dim"), [(8, 4, 64), (4, 4, 40)])
+def test_rotary_store_kv_matches_torch(kernels, num_heads, num_kv_heads, head_dim):
+    """Queries rotated exactly as RotaryEmbedding.rotate (the same float operations), keys
+    rotated and values copied into their (shuffled) cache slots; other slots untouched."""
+    from kernels import reference
+    from serve_app.engine.layers.rotary import RotaryEmbedding
+
+    generator = torch.Generator().manual_seed(head_dim)
+    tokens, block_size, num_blocks = 37, 16, 6
+    width = (num_heads + 2 * num_kv_heads) * head_dim
+    fused = torch.randn(tokens, width + 8, generator=generator)  # rows wider than qkv
+    qkv = fused[:, :width]
+    positions = torch.randint(0, 200, (tokens,), generator=generator)
+    slots = torch.randperm(num_blocks * block_size, generator=generator)[:tokens]
+    shape = (num_blocks, block_size, num_kv_heads, head_dim)
+    k_cache, v_cache = torch.randn(shape, generator=generator), torch.randn(shape)
+    expected_k, expected_v = k_cache.clone(), v_cache.clone()
+    rotary = RotaryEmbedding(head_dim, 256, 10000.0, None)
+
+    query = kernels.rotary_store_kv(
+        qkv, positions, rotary.cos_sin, k_cache, v_cache, slots, num_heads
+    )
+
+    q, k, v = qkv.split([num_heads * head_dim, *[num_kv_heads * head_dim] * 2], dim=-1)
+    expected_q = rotary.rotate(positions, q.reshape(tokens, num_heads, head_dim))
+    rotated_k = rotary.rotate(positions, k.reshape(tokens, num_kv_heads, head_dim))
+    reference.store_kv(
+        rotated_k, v.reshape(tokens, num_kv_heads, head_dim), expected_k, expected_v, slots
+    )
+    assert torch.equal(query, expected_q), "bit-for-bit the torch rotation"
+    assert torch.equal(k_cache, expected_k)
+    assert torch.equal(v_cache, expected_v)

@@ -133,3 +133,13 @@ class Attention(nn.Module):
         k_cache, v_cache = kv_cache
         self.backend.store_kv(key, value, k_cache, v_cache, metadata)
         return self.backend.attend(query, k_cache, v_cache, metadata, self.scale)
+
+    def attend_stored(
+        self,
+        query: torch.Tensor,  # (tokens, heads, head_dim)
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        """Attention when this step's K/V are already in the cache (written by a fused
+        rotary + KV-write kernel)."""
+        return self.backend.attend(query, *kv_cache, metadata, self.scale)

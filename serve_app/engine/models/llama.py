@@ -9,6 +9,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from kernels.cpu_elementwise import CpuElementwise
 from serve_app.engine.attention_metadata import AttentionMetadata
 from serve_app.engine.layers.activation import SiluAndMul
 from serve_app.engine.layers.attention import Attention, AttentionBackend
@@ -48,6 +49,9 @@ class LlamaAttention(nn.Module):
             self.q_norm = RMSNorm(arch.head_dim, arch.rms_norm_eps)
             self.k_norm = RMSNorm(arch.head_dim, arch.rms_norm_eps)
         self.qk_norm = arch.qk_norm
+        # The fused rotary + KV-write kernel (kernels/cpu_elementwise.py), set by the model
+        # runner when the `cpu` backend runs; None: torch ops and the backend's store_kv.
+        self.native: CpuElementwise | None = None
         self.rotary = RotaryEmbedding(
             arch.head_dim, max_position, arch.rope_theta, arch.rope_scaling
         )
@@ -67,6 +71,23 @@ class LlamaAttention(nn.Module):
     ) -> torch.Tensor:
         num_tokens = hidden.shape[0]
         qkv = self.qkv_proj(hidden)  # (tokens, q_size + 2 * kv_size)
+        native = self.native
+        if (
+            native is not None
+            and not self.qk_norm
+            and native.supports_rotary_store(qkv, kv_cache[0])
+        ):
+            # One pass: q and k rotated, k and v written to their cache slots.
+            q = native.rotary_store_kv(
+                qkv,
+                positions,
+                self.rotary.cos_sin,
+                *kv_cache,
+                metadata.slot_mapping,
+                self.num_heads,
+            )
+            out = self.attn.attend_stored(q, kv_cache, metadata)
+            return self.o_proj(out.reshape(num_tokens, -1))
         qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
         v = v.view(num_tokens, -1, self.head_dim)  # (tokens, kv_heads, head_dim)
         if self.qk_norm:
