@@ -95,6 +95,7 @@ class CpuAttentionBackend:
             layout.seqs,
             layout.context_lens,
             scale,
+            num_streamed_tokens=metadata.num_decode_seqs,  # decodes come first
         )
         return out
 

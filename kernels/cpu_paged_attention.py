@@ -31,10 +31,7 @@ class CpuPagedAttention:
         self._function.argtypes = (
             [ctypes.c_void_p] * 7
             + [ctypes.c_int] * 6
-            + [
-                ctypes.c_float,
-                ctypes.c_int,
-            ]
+            + [ctypes.c_float, ctypes.c_int, ctypes.c_int]
         )
 
     @staticmethod
@@ -61,8 +58,14 @@ class CpuPagedAttention:
         token_seqs: torch.Tensor,  # (num_tokens,) int32: each token's block-table row
         token_context_lens: torch.Tensor,  # (num_tokens,) int32: tokens it sees; 0 = skip
         scale: float,
+        num_streamed_tokens: int = 0,
     ) -> None:
-        """Writes the rows of every token with a context; rows of skipped tokens are kept."""
+        """Writes the rows of every token with a context; rows of skipped tokens are kept.
+
+        The first `num_streamed_tokens` tokens (decodes: each the only reader of its blocks)
+        prefetch their next KV block while computing one; later ones (prefill chunks, whose
+        tokens re-read the same blocks from cache) do not.
+        """
         assert self.supports(query, k_cache), "caller checks supports() first"
         assert k_cache.is_contiguous() and v_cache.is_contiguous(), "the cache is allocated whole"
         assert out.is_contiguous() and out.shape == query.shape and out.dtype == query.dtype
@@ -86,6 +89,7 @@ class CpuPagedAttention:
             k_cache.shape[1],
             block_tables.shape[1],
             scale,
+            num_streamed_tokens,
             torch.get_num_threads(),
         )
         assert status == 0, "shapes were checked by supports()"
@@ -102,7 +106,9 @@ class CpuPagedAttention:
         """reference.paged_decode_attention's contract."""
         out = torch.empty(query.shape, dtype=query.dtype)
         seqs = torch.arange(query.shape[0], dtype=torch.int32)
-        self.attend_into(out, query, k_cache, v_cache, block_tables, seqs, context_lens, scale)
+        self.attend_into(
+            out, query, k_cache, v_cache, block_tables, seqs, context_lens, scale, len(seqs)
+        )
         return out
 
 
