@@ -1,8 +1,9 @@
 """Launcher of the native CPU elementwise kernels (kernels/csrc/cpu_elementwise.c): the
-residual add fused with RMSNorm, SiLU-and-mul, and the rotary embedding of q and k fused
-with the K/V cache write, float32, one pass each over contiguous rows. Same results as the
-torch ops in serve_app/engine/layers (norm.py, activation.py, rotary.py) up to float
-rounding (bench/README.md has the measurements).
+residual add fused with RMSNorm, SiLU-and-mul, the rotary embedding of q and k fused with
+the K/V cache write, and a row-wise argmax for the sampler; float32, one pass each over
+contiguous rows. Same results as the torch ops they replace (in serve_app/engine: layers/
+norm.py, activation.py, rotary.py, sampler.py) up to float rounding, the rotation and the
+argmax exactly (bench/README.md has the measurements).
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ class CpuElementwise:
         self._silu_and_mul = native.library.silu_and_mul_f32
         self._silu_and_mul.restype = None
         self._silu_and_mul.argtypes = [ctypes.c_void_p] * 2 + [ctypes.c_int] * 3
+        self._argmax_rows = native.library.argmax_rows_f32
+        self._argmax_rows.restype = None
+        pointer, integer = ctypes.c_void_p, ctypes.c_int
+        self._argmax_rows.argtypes = [pointer, integer, integer, pointer, integer]
         self._rotary_store_kv = native.library.rotary_store_kv_f32
         self._rotary_store_kv.restype = None
         self._rotary_store_kv.argtypes = (
@@ -80,6 +85,16 @@ class CpuElementwise:
         out = torch.empty(tokens, width // 2, dtype=gate_up.dtype)
         self._silu_and_mul(
             gate_up.data_ptr(), out.data_ptr(), tokens, width // 2, torch.get_num_threads()
+        )
+        return out
+
+    def argmax_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(rows, cols) -> (rows,) int64: torch.argmax(x, dim=-1)'s answers (the first maximum;
+        the first NaN where a row has one), rows spread over the threads."""
+        assert self.supports(x) and x.dim() == 2 and x.shape[1] > 0, "caller checks first"
+        out = torch.empty(x.shape[0], dtype=torch.int64)
+        self._argmax_rows(
+            x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr(), torch.get_num_threads()
         )
         return out
 

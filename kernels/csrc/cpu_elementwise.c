@@ -112,3 +112,62 @@ void rotary_store_kv_f32(const float *qkv, long row_stride, const int64_t *posit
         for (long j = 0; j < kv_width; ++j) v_slot[j] = values[j];
     }
 }
+
+/* out[r] = the index of row r's largest value, the first one on ties, the first NaN if the
+ * row has one (torch.argmax's answers). */
+void argmax_rows_f32(const float *x, int rows, int cols, int64_t *out, int num_threads) {
+#pragma omp parallel for schedule(static) num_threads(num_threads)
+    for (int r = 0; r < rows; ++r) {
+        const float *row = x + (long)r * cols;
+        int best = 0;
+        float best_value = row[0];
+        int j = 0;
+#ifdef __AVX512F__
+        if (cols >= 16) {
+            /* per lane: the largest value so far and where; NaNs are looked for at the end */
+            __m512 lane_max = _mm512_loadu_ps(row);
+            __m512i lane_index = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13,
+                                                   14, 15);
+            __m512i index = lane_index;
+            const __m512i step = _mm512_set1_epi32(16);
+            __mmask16 nan_seen = _mm512_cmp_ps_mask(lane_max, lane_max, _CMP_UNORD_Q);
+            for (j = 16; j + 16 <= cols; j += 16) {
+                index = _mm512_add_epi32(index, step);
+                const __m512 v = _mm512_loadu_ps(row + j);
+                const __mmask16 greater = _mm512_cmp_ps_mask(v, lane_max, _CMP_GT_OQ);
+                lane_max = _mm512_mask_mov_ps(lane_max, greater, v);
+                lane_index = _mm512_mask_mov_epi32(lane_index, greater, index);
+                nan_seen |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+            }
+            if (nan_seen) {
+                j = 0; /* rare: the scalar loop below finds the first NaN */
+            } else {
+                float values[16];
+                int32_t indices[16];
+                _mm512_storeu_ps(values, lane_max);
+                _mm512_storeu_si512(indices, lane_index);
+                best_value = values[0];
+                best = indices[0];
+                for (int lane = 1; lane < 16; ++lane)
+                    if (values[lane] > best_value ||
+                        (values[lane] == best_value && indices[lane] < best)) {
+                        best_value = values[lane];
+                        best = indices[lane];
+                    }
+            }
+        }
+#endif
+        for (; j < cols; ++j) {
+            const float v = row[j];
+            if (v != v) { /* NaN */
+                best = j;
+                break;
+            }
+            if (v > best_value) {
+                best_value = v;
+                best = j;
+            }
+        }
+        out[r] = best;
+    }
+}

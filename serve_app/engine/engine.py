@@ -60,6 +60,7 @@ class LLMEngine:
         )
         # The sampler runs beside rank 0, on its device.
         self.sampler = Sampler(config.seed, self.executor.runner.device)
+        self.sampler.native = self.executor.runner.native_elementwise
         self.sequences: dict[str, Sequence] = {}
         self._arrivals = itertools.count()
 

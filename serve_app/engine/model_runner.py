@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from kernels.cpu_elementwise import CpuElementwise
 from serve_app.engine.config import ConfigError, EngineConfig
 from serve_app.engine.host_memory import keep_freed_host_memory
 from serve_app.engine.layers.attention import (
@@ -106,8 +107,10 @@ class ModelRunner:
         )
         if self.packed_weights:
             pack_projection_weights(self.model)
-        if self.attention_backend == "cpu":
-            use_native_elementwise(self.model)
+        # The `cpu` backend's fused elementwise kernels, for the model's layers and the sampler.
+        self.native_elementwise = (
+            use_native_elementwise(self.model) if self.attention_backend == "cpu" else None
+        )
         self.kv_caches: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     @property
@@ -161,7 +164,7 @@ class ModelRunner:
         return logits.float() if logits is not None else None
 
 
-def use_native_elementwise(model: torch.nn.Module) -> None:
+def use_native_elementwise(model: torch.nn.Module) -> CpuElementwise | None:
     """The `cpu` backend's fused kernels (norm, SiLU-and-mul, rotary + KV write) in every
     layer that takes them: those with a `native` slot (they fall back to torch ops on inputs
     the kernels do not take)."""
@@ -172,10 +175,11 @@ def use_native_elementwise(model: torch.nn.Module) -> None:
         kernels = load_cpu_elementwise(kernel_cache_dir())
     except NativeBuildError as error:
         logger.warning("native elementwise kernels unavailable, torch ops instead: %s", error)
-        return
+        return None
     for module in model.modules():
         if hasattr(module, "native"):
             module.native = kernels
+    return kernels
 
 
 def _host_available_memory_bytes() -> int:

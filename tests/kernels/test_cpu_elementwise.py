@@ -109,3 +109,19 @@ def test_rotary_store_kv_matches_torch(kernels, num_heads, num_kv_heads, head_di
     assert torch.equal(query, expected_q), "bit-for-bit the torch rotation"
     assert torch.equal(k_cache, expected_k)
     assert torch.equal(v_cache, expected_v)
+
+
+def test_argmax_rows_matches_torch(kernels):
+    """First maximum on ties, first NaN where there is one, rows narrower than a vector."""
+    generator = torch.Generator().manual_seed(11)
+    scores = torch.randn(9, 1000, generator=generator)
+    scores[1, 500] = scores[1, 20] = 50.0  # a tie: the first wins
+    scores[2, 700] = float("nan")
+    scores[3, :] = float("-inf")
+    scores[4, 999] = 99.0  # the last element, in the scalar tail
+    scores[5, 3] = float("nan")
+    scores[5, 900] = float("nan")
+    scores[6, 0] = 1e9
+    assert torch.equal(kernels.argmax_rows(scores), scores.argmax(dim=-1))
+    narrow = torch.randn(5, 7, generator=generator)
+    assert torch.equal(kernels.argmax_rows(narrow), narrow.argmax(dim=-1))
