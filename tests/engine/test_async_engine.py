@@ -91,3 +91,30 @@ def test_invalid_request_raises_and_engine_stays_healthy(engine) -> None:
 
     assert len(asyncio.run(main())) == 3
     engine.check_health()
+
+
+def test_the_engine_is_built_on_the_engine_thread(monkeypatch):
+    """Loading and stepping share one thread, hence one OpenMP pool (see async_engine.py)."""
+    import threading
+
+    import serve_app.engine.async_engine as async_engine_module
+
+    built_on: list[str] = []
+
+    class RecordingEngine(LLMEngine):
+        def __init__(self, config):
+            built_on.append(threading.current_thread().name)
+            super().__init__(config)
+
+    monkeypatch.setattr(async_engine_module, "LLMEngine", RecordingEngine)
+    engine = AsyncEngine(CONFIG)
+    try:
+        assert built_on == ["engine-loop"]
+        assert isinstance(engine.engine, RecordingEngine)
+    finally:
+        engine.shutdown()
+
+
+def test_a_build_error_reaches_the_caller():
+    with pytest.raises(FileNotFoundError, match="no-such-model"):
+        AsyncEngine(EngineConfig(model="/nonexistent/no-such-model"))
