@@ -39,7 +39,7 @@ class ModelReplica:
         self.engine = AsyncEngine(
             config.engine,
             stall_timeout_s=config.replica.stall_timeout_s,
-            engine=make_llm_engine(config.engine),
+            build_engine=make_llm_engine,
         )
         self.metrics = ReplicaMetrics.create()
         self._metrics_task: asyncio.Task | None = None

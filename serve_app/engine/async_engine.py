@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from serve_app.engine.config import EngineConfig
@@ -47,12 +47,16 @@ class _Stream:
 
 class AsyncEngine:
     def __init__(
-        self, config: EngineConfig, stall_timeout_s: float = 60.0, engine: LLMEngine | None = None
+        self,
+        config: EngineConfig,
+        stall_timeout_s: float = 60.0,
+        build_engine: Callable[[EngineConfig], LLMEngine] = LLMEngine,
     ) -> None:
-        """Builds the engine from `config` on the engine thread (or adopts `engine`); raises
-        what building it raised."""
-        self.engine: LLMEngine = engine  # type: ignore[assignment]  # set before __init__ returns
+        """Builds the engine with `build_engine(config)` on the engine thread; raises what
+        building it raised."""
+        self.engine: LLMEngine = None  # type: ignore[assignment]  # set before __init__ returns
         self._config = config
+        self._build_engine = build_engine
         self._built = threading.Event()
         self.stall_timeout_s = stall_timeout_s
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
@@ -133,8 +137,7 @@ class AsyncEngine:
     # ---- engine thread ----------------------------------------------------------------
     def _run(self) -> None:
         try:
-            if self.engine is None:
-                self.engine = LLMEngine(self._config)
+            self.engine = self._build_engine(self._config)
         except BaseException as error:
             self._error = error
             return

@@ -93,24 +93,19 @@ def test_invalid_request_raises_and_engine_stays_healthy(engine) -> None:
     engine.check_health()
 
 
-def test_the_engine_is_built_on_the_engine_thread(monkeypatch):
+def test_the_engine_is_built_on_the_engine_thread():
     """Loading and stepping share one thread, hence one OpenMP pool (see async_engine.py)."""
     import threading
 
-    import serve_app.engine.async_engine as async_engine_module
-
     built_on: list[str] = []
 
-    class RecordingEngine(LLMEngine):
-        def __init__(self, config):
-            built_on.append(threading.current_thread().name)
-            super().__init__(config)
+    def build(config: EngineConfig) -> LLMEngine:
+        built_on.append(threading.current_thread().name)
+        return LLMEngine(config)
 
-    monkeypatch.setattr(async_engine_module, "LLMEngine", RecordingEngine)
-    engine = AsyncEngine(CONFIG)
+    engine = AsyncEngine(CONFIG, build_engine=build)
     try:
         assert built_on == ["engine-loop"]
-        assert isinstance(engine.engine, RecordingEngine)
     finally:
         engine.shutdown()
 
