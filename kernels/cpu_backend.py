@@ -43,6 +43,7 @@ class TokenLayout:
         # token j of a chunk of q new tokens in a context of c sees c - q + j + 1 tokens
         seen = context_lens - query_lens
         self.context_lens = seen[self.seqs] + offsets + 1
+        self.num_visits = int(self.context_lens.sum())  # (query, key) pairs to attend
 
 
 class CpuAttentionBackend:
@@ -96,6 +97,7 @@ class CpuAttentionBackend:
             layout.context_lens,
             scale,
             num_streamed_tokens=metadata.num_decode_seqs,  # decodes come first
+            num_visits=layout.num_visits,
         )
         return out
 

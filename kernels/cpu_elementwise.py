@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from kernels.native_build import load_native_library
+from kernels.native_build import load_native_library, threads_for
 
 
 class CpuElementwise:
@@ -74,7 +74,7 @@ class CpuElementwise:
             tokens,
             hidden,
             eps,
-            torch.get_num_threads(),
+            threads_for(residual.numel()),
         )
         return out
 
@@ -84,7 +84,7 @@ class CpuElementwise:
         tokens, width = gate_up.shape
         out = torch.empty(tokens, width // 2, dtype=gate_up.dtype)
         self._silu_and_mul(
-            gate_up.data_ptr(), out.data_ptr(), tokens, width // 2, torch.get_num_threads()
+            gate_up.data_ptr(), out.data_ptr(), tokens, width // 2, threads_for(gate_up.numel())
         )
         return out
 
@@ -94,7 +94,7 @@ class CpuElementwise:
         assert self.supports(x) and x.dim() == 2 and x.shape[1] > 0, "caller checks first"
         out = torch.empty(x.shape[0], dtype=torch.int64)
         self._argmax_rows(
-            x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr(), torch.get_num_threads()
+            x.data_ptr(), x.shape[0], x.shape[1], out.data_ptr(), threads_for(x.numel())
         )
         return out
 
@@ -142,7 +142,7 @@ class CpuElementwise:
             num_heads,
             num_kv_heads,
             head_dim,
-            torch.get_num_threads(),
+            threads_for(qkv.shape[0] * (num_heads + 2 * num_kv_heads) * head_dim),
         )
         return query
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from kernels.native_build import NativeBuildError, load_native_library
+from kernels.native_build import NativeBuildError, load_native_library, threads_for
 
 MAX_GROUP = 16  # query heads per KV head; the C source's MAX_GROUP
 MAX_HEAD_DIM = 256  # the C source's MAX_HEAD_DIM
@@ -59,12 +59,15 @@ class CpuPagedAttention:
         token_context_lens: torch.Tensor,  # (num_tokens,) int32: tokens it sees; 0 = skip
         scale: float,
         num_streamed_tokens: int = 0,
+        num_visits: int | None = None,
     ) -> None:
         """Writes the rows of every token with a context; rows of skipped tokens are kept.
 
         The first `num_streamed_tokens` tokens (decodes: each the only reader of its blocks)
         prefetch their next KV block while computing one; later ones (prefill chunks, whose
-        tokens re-read the same blocks from cache) do not.
+        tokens re-read the same blocks from cache) do not. `num_visits`, the sum of the
+        context lengths when the caller has it, sizes the work: small batches run on one
+        thread (native_build.threads_for).
         """
         assert self.supports(query, k_cache), "caller checks supports() first"
         assert k_cache.is_contiguous() and v_cache.is_contiguous(), "the cache is allocated whole"
@@ -90,7 +93,7 @@ class CpuPagedAttention:
             block_tables.shape[1],
             scale,
             num_streamed_tokens,
-            torch.get_num_threads(),
+            threads_for((num_visits if num_visits is not None else 1 << 30) * num_heads * head_dim),
         )
         assert status == 0, "shapes were checked by supports()"
 

@@ -23,11 +23,22 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch  # noqa: F401  (loads torch's libgomp.so.1 before any kernel library)
+import torch  # imported first: loads torch's libgomp.so.1 before any kernel library
 
 SOURCE_DIR = Path(__file__).parent / "csrc"
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11")
 BUILD_TIMEOUT_S = 120
+
+
+# Below this many elements of work a kernel runs on the calling thread alone, as torch's own
+# CPU ops do (its GRAIN_SIZE): a parallel region wakes (or keeps spinning) a worker thread,
+# which on a small model costs more than it saves and takes a core from the serving threads.
+PARALLEL_GRAIN = 32768
+
+
+def threads_for(work: int) -> int:
+    """OpenMP threads for a kernel call doing `work` elements' worth of work."""
+    return torch.get_num_threads() if work >= PARALLEL_GRAIN else 1
 
 
 class NativeBuildError(RuntimeError):

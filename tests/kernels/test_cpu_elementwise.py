@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.cpu_elementwise import CpuElementwise, load_cpu_elementwise
+from kernels.native_build import PARALLEL_GRAIN
 
 TOLERANCE = 1e-6  # ‖out − ref‖ / ‖ref‖, float32
 
@@ -54,10 +55,14 @@ def test_silu_and_mul_matches_torch(kernels, tokens, inter):
 
 @pytest.mark.parametrize("threads", [1, 3])
 def test_thread_counts(kernels, threads):
+    """Inputs above native_build.PARALLEL_GRAIN, so the rows really spread over threads."""
     generator = torch.Generator().manual_seed(threads)
-    gate_up = torch.randn(50, 96, generator=generator)
-    x, residual = torch.randn(50, 48, generator=generator), torch.randn(50, 48)
-    weight = torch.randn(48, generator=generator)
+    tokens, hidden = 400, 96
+    assert tokens * hidden >= PARALLEL_GRAIN
+    gate_up = torch.randn(tokens, 2 * hidden, generator=generator)
+    x = torch.randn(tokens, hidden, generator=generator)
+    residual = torch.randn(tokens, hidden, generator=generator)
+    weight = torch.randn(hidden, generator=generator)
     saved = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -67,7 +72,8 @@ def test_thread_counts(kernels, threads):
         torch.set_num_threads(saved)
     gate, up = gate_up.chunk(2, dim=-1)
     assert relative_error(activated, F.silu(gate) * up) < TOLERANCE
-    assert relative_error(normalized, F.rms_norm(residual + x, (48,), weight, 1e-5)) < TOLERANCE
+    expected = F.rms_norm(residual + x, (hidden,), weight, 1e-5)
+    assert relative_error(normalized, expected) < TOLERANCE
 
 
 def test_supports_only_contiguous_float32_cpu(kernels):
