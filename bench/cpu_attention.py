@@ -12,7 +12,6 @@ grouped-query heads, torch's math path, with an explicit mask for chunks after a
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import tempfile
 import time
@@ -22,9 +21,8 @@ from pathlib import Path
 import torch
 
 import kernels.reference as reference
+from bench.decode_batch import BLOCK_SIZE, add_decode_batch_arguments, make_decode_batch
 from kernels.cpu_paged_attention import load_cpu_paged_attention
-
-BLOCK_SIZE = 16
 
 
 def median_ms(function: Callable[[], object], repeats: int, calls: int) -> tuple[float, float]:
@@ -66,36 +64,22 @@ def prefill_row(kernel, length: int, num_heads: int, num_kv_heads: int, args) ->
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-decodes", type=int, default=128)
-    parser.add_argument("--context-range", type=int, nargs=2, default=(20, 380))
+    add_decode_batch_arguments(parser)
     parser.add_argument("--prefill-lens", type=int, nargs="+", default=[64, 256, 512, 1024, 2048])
-    parser.add_argument("--heads", type=int, nargs=2, default=(8, 4), help="query, KV heads")
-    parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--calls", type=int, default=5, help="per repeat")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    rng = random.Random(args.seed)
-    torch.manual_seed(args.seed)
     num_heads, num_kv_heads = args.heads
     kernel = load_cpu_paged_attention(Path(tempfile.mkdtemp(prefix="serve_app_kernels_")))
     scale = args.head_dim**-0.5
     rows = []
 
-    # Decodes: contexts scattered over a shuffled cache.
-    lens = sorted(rng.randint(*args.context_range) for _ in range(args.num_decodes))
-    blocks_per_seq = -(-max(lens) // BLOCK_SIZE)
-    num_blocks = args.num_decodes * blocks_per_seq
-    shape = (num_blocks, BLOCK_SIZE, num_kv_heads, args.head_dim)
-    k_cache, v_cache = torch.randn(shape), torch.randn(shape)
-    block_ids = list(range(num_blocks))
-    rng.shuffle(block_ids)
-    # (num_decodes, blocks_per_seq): each sequence's blocks scattered over the cache
-    tables = torch.tensor(block_ids, dtype=torch.int32).view(args.num_decodes, -1)
-    query = torch.randn(args.num_decodes, num_heads, args.head_dim)
+    batch = make_decode_batch(args)  # decodes: contexts scattered over a shuffled cache
+    query, k_cache, v_cache, tables = batch.query, batch.k_cache, batch.v_cache, batch.block_tables
+    lens = batch.context_lens
     context_lens = torch.tensor(lens, dtype=torch.int32)
-    starts = list(range(args.num_decodes + 1))
+    starts = batch.query_start_loc
     native = median_ms(
         lambda: kernel.decode(query, k_cache, v_cache, tables, context_lens, scale),
         args.repeats,

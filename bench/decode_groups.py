@@ -12,47 +12,37 @@ repeated so drift hits every size alike, and prints the median per call.
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import time
 
 import torch
 
 import kernels.reference as reference
-
-BLOCK_SIZE = 16
+from bench.decode_batch import add_decode_batch_arguments, make_decode_batch
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--num-decodes", type=int, default=128)
-    parser.add_argument("--context-range", type=int, nargs=2, default=(20, 380))
+    add_decode_batch_arguments(parser)
     parser.add_argument("--groups", type=int, nargs="+", default=[2, 4, 8, 16, 32])
-    parser.add_argument("--heads", type=int, nargs=2, default=(8, 4), help="query, KV heads")
-    parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--calls", type=int, default=10, help="per repeat and group size")
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    rng = random.Random(args.seed)
-    torch.manual_seed(args.seed)
+    batch = make_decode_batch(args)
     num_heads, num_kv_heads = args.heads
-    lens = sorted(rng.randint(*args.context_range) for _ in range(args.num_decodes))
-    blocks_per_seq = -(-max(lens) // BLOCK_SIZE)
-    num_blocks = args.num_decodes * blocks_per_seq
-    shape = (num_blocks, BLOCK_SIZE, num_kv_heads, args.head_dim)
-    k_cache, v_cache = torch.randn(shape), torch.randn(shape)
-    block_ids = list(range(num_blocks))
-    rng.shuffle(block_ids)
-    # (num_decodes, blocks_per_seq): each sequence's blocks scattered over the cache
-    block_tables = torch.tensor(block_ids, dtype=torch.int32).view(args.num_decodes, -1)
-    query = torch.randn(args.num_decodes, num_heads, args.head_dim)
-    query_start_loc = list(range(args.num_decodes + 1))
+    lens = batch.context_lens
 
     def attend() -> None:
         reference.paged_attention(
-            query, k_cache, v_cache, block_tables, query_start_loc, lens, len(lens), 0.125
+            batch.query,
+            batch.k_cache,
+            batch.v_cache,
+            batch.block_tables,
+            batch.query_start_loc,
+            lens,
+            len(lens),
+            0.125,
         )
 
     saved = reference.DECODE_GROUP_SIZE

@@ -74,17 +74,7 @@ class CpuAttentionBackend:
         scale: float,
     ) -> torch.Tensor:
         if not self.kernel.supports(query, k_cache):
-            return reference.paged_attention(
-                query,
-                k_cache,
-                v_cache,
-                metadata.block_tables,
-                metadata.query_start_loc_host,
-                metadata.context_lens_host,
-                metadata.num_decode_seqs,
-                scale,
-                context_lens_tensor=metadata.context_lens,
-            )
+            return reference.paged_attention_for(query, k_cache, v_cache, metadata, scale)
         layout = self._token_layout(metadata)
         out = torch.empty(query.shape, dtype=query.dtype)
         self.kernel.attend_into(

@@ -13,6 +13,8 @@ token j of a sequence with q new tokens sees cache positions 0 .. context_len - 
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 
@@ -141,34 +143,7 @@ def paged_attention(
                 max(context_lens[start:end]),
                 scale,
             )
-    prefill_attention_into(
-        out,
-        query,
-        k_cache,
-        v_cache,
-        block_tables,
-        query_start_loc,
-        context_lens,
-        num_decode_seqs,
-        scale,
-    )
-    return out
-
-
-def prefill_attention_into(
-    out: torch.Tensor,
-    query: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    block_tables: torch.Tensor,
-    query_start_loc: list[int],
-    context_lens: list[int],
-    first_prefill_seq: int,
-    scale: float,
-) -> None:
-    """Writes the attention of every sequence from `first_prefill_seq` on into its rows of
-    `out`, one sequence at a time."""
-    for seq_index in range(first_prefill_seq, len(context_lens)):
+    for seq_index in range(num_decode_seqs, len(context_lens)):
         start, end = query_start_loc[seq_index], query_start_loc[seq_index + 1]
         out[start:end] = paged_prefill_attention(
             query[start:end],
@@ -178,3 +153,36 @@ def prefill_attention_into(
             context_lens[seq_index],
             scale,
         )
+    return out
+
+
+class PagedBatchInputs(Protocol):
+    """The fields of the engine's AttentionMetadata that `paged_attention_for` reads."""
+
+    block_tables: torch.Tensor
+    context_lens: torch.Tensor
+    num_decode_seqs: int
+    context_lens_host: list[int]
+    query_start_loc_host: list[int]
+
+
+def paged_attention_for(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    metadata: PagedBatchInputs,
+    scale: float,
+) -> torch.Tensor:
+    """`paged_attention` over a batch described by the engine's attention metadata: what the
+    `torch` backend runs, and the `cpu` backend on inputs its kernel does not take."""
+    return paged_attention(
+        query,
+        k_cache,
+        v_cache,
+        metadata.block_tables,
+        metadata.query_start_loc_host,
+        metadata.context_lens_host,
+        metadata.num_decode_seqs,
+        scale,
+        context_lens_tensor=metadata.context_lens,
+    )

@@ -51,17 +51,7 @@ class TorchAttentionBackend:
         reference.store_kv(key, value, k_cache, v_cache, metadata.slot_mapping)
 
     def attend(self, query, k_cache, v_cache, metadata: AttentionMetadata, scale: float):
-        return reference.paged_attention(
-            query,
-            k_cache,
-            v_cache,
-            metadata.block_tables,
-            metadata.query_start_loc_host,
-            metadata.context_lens_host,
-            metadata.num_decode_seqs,
-            scale,
-            context_lens_tensor=metadata.context_lens,
-        )
+        return reference.paged_attention_for(query, k_cache, v_cache, metadata, scale)
 
 
 def make_attention_backend(name: str) -> AttentionBackend:
