@@ -1,9 +1,10 @@
 """Paged attention behind one interface, with an explicit switch between backends.
 
 `torch` runs the references in kernels/reference.py (the oracle, and the CPU fallback);
-`cpu` runs attention through the native C kernel (kernels/cpu_paged_attention.py, built on
-first use with the machine's C compiler) and KV writes and long prefill chunks through the
-references;
+`cpu` runs attention, decodes and prefill chunks alike, through the native C kernel
+(kernels/cpu_paged_attention.py, built on first use with the machine's C compiler), and KV
+writes through the reference (Llama-family models write them in their fused rotary + KV
+kernel instead, see models/llama.py);
 `triton` runs the Triton kernels (CUDA, or CPU under TRITON_INTERPRET=1).
 """
 
