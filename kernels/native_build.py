@@ -69,7 +69,10 @@ def load_native_library(name: str, cache_dir: Path) -> NativeLibrary:
     key = _cache_key(source.read_bytes() + headers, cc)
     target = cache_dir / f"{name}-{key[:20]}.so"
     if not target.exists():
-        _build(cc, source, target)
+        try:
+            _build(cc, source, target)
+        except OSError as error:  # an unwritable cache directory, a full disk
+            raise NativeBuildError(f"cannot build into {cache_dir}: {error}") from error
     try:
         return NativeLibrary(ctypes.CDLL(str(target)), target)
     except OSError as error:

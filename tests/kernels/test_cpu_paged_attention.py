@@ -163,6 +163,14 @@ def test_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):
     assert not list(tmp_path.iterdir()), "nothing is left behind"
 
 
+def test_unwritable_cache_is_a_clear_error(tmp_path):
+    """A NativeBuildError (which `auto` turns into the torch fallback), not an OSError."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(NativeBuildError, match="cannot build into"):
+        load_native_library("cpu_paged_attention", blocker / "kernels")
+
+
 def test_build_is_cached_by_content(tmp_path):
     first = load_native_library("cpu_paged_attention", tmp_path)
     built = first.path.stat().st_mtime_ns
