@@ -9,6 +9,7 @@ argmax exactly (bench/README.md has the measurements).
 from __future__ import annotations
 
 import ctypes
+import functools
 from pathlib import Path
 
 import torch
@@ -147,11 +148,7 @@ class CpuElementwise:
         return query
 
 
-_loaded: dict[Path, CpuElementwise] = {}
-
-
+@functools.cache
 def load_cpu_elementwise(cache_dir: Path) -> CpuElementwise:
     """The process's kernels for `cache_dir`, built on first use; raises NativeBuildError."""
-    if cache_dir not in _loaded:
-        _loaded[cache_dir] = CpuElementwise(cache_dir)
-    return _loaded[cache_dir]
+    return CpuElementwise(cache_dir)

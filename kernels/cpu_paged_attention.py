@@ -10,6 +10,7 @@ measurements).
 from __future__ import annotations
 
 import ctypes
+import functools
 from pathlib import Path
 
 import torch
@@ -66,8 +67,8 @@ class CpuPagedAttention:
         The first `num_streamed_tokens` tokens (decodes: each the only reader of its blocks)
         prefetch their next KV block while computing one; later ones (prefill chunks, whose
         tokens re-read the same blocks from cache) do not. `num_visits`, the sum of the
-        context lengths when the caller has it, sizes the work: small batches run on one
-        thread (native_build.threads_for).
+        context lengths (summed here unless the caller kept it), sizes the work: small
+        batches run on one thread (native_build.threads_for).
         """
         assert self.supports(query, k_cache), "caller checks supports() first"
         assert k_cache.is_contiguous() and v_cache.is_contiguous(), "the cache is allocated whole"
@@ -77,6 +78,8 @@ class CpuPagedAttention:
         token_seqs = token_seqs.to(torch.int32).contiguous()
         token_context_lens = token_context_lens.to(torch.int32).contiguous()
         num_tokens, num_heads, head_dim = query.shape
+        if num_visits is None:
+            num_visits = int(token_context_lens.sum())
         status = self._function(
             query.data_ptr(),
             k_cache.data_ptr(),
@@ -93,7 +96,7 @@ class CpuPagedAttention:
             block_tables.shape[1],
             scale,
             num_streamed_tokens,
-            threads_for((num_visits if num_visits is not None else 1 << 30) * num_heads * head_dim),
+            threads_for(num_visits * num_heads * head_dim),
         )
         assert status == 0, "shapes were checked by supports()"
 
@@ -115,14 +118,10 @@ class CpuPagedAttention:
         return out
 
 
-_loaded: dict[Path, CpuPagedAttention] = {}
-
-
+@functools.cache
 def load_cpu_paged_attention(cache_dir: Path) -> CpuPagedAttention:
     """The process's kernel for `cache_dir`, built on first use; raises NativeBuildError."""
-    if cache_dir not in _loaded:
-        _loaded[cache_dir] = CpuPagedAttention(cache_dir)
-    return _loaded[cache_dir]
+    return CpuPagedAttention(cache_dir)
 
 
 __all__ = ["CpuPagedAttention", "NativeBuildError", "load_cpu_paged_attention"]
