@@ -98,6 +98,10 @@ class CpuPagedAttention:
             num_streamed_tokens,
             threads_for(num_visits * num_heads * head_dim),
         )
+        if status == -2:
+            raise MemoryError(
+                f"cpu paged attention: no memory for the work list of {num_tokens} tokens"
+            )
         assert status == 0, "shapes were checked by supports()"
 
     def decode(

@@ -10,14 +10,17 @@
  * Query head h reads KV head h / (num_heads / num_kv_heads) (grouped-query attention).
  *
  * Keys and values are visited in tiles of at most 16 tokens with an online (running max)
- * softmax. Two paths: with AVX-512 and head_dim a multiple of 16, one work item is a
- * query token (every head, each block read once and in order); otherwise portable C that the
- * compiler vectorizes, one work item per (token, KV head). Work items are spread over
- * `num_threads` OpenMP threads of the caller's process: torch's own runtime, since this
- * library links libgomp.so.1 and torch has already loaded it.
+ * softmax. With AVX-512 and head_dim a multiple of 16, a decode is one work item (every head,
+ * each block read once and in order) and prefill tokens go 16 query rows at a time into the
+ * lanes of a vector (a run of consecutive tokens of one sequence times the query heads of one
+ * KV head); otherwise portable C that the compiler vectorizes, one work item per (token, KV
+ * head). Work items are spread over `num_threads` OpenMP threads of the caller's process:
+ * torch's own runtime, since this library links libgomp.so.1 and torch has already loaded it.
  */
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "vector_exp.h"
 
@@ -233,6 +236,114 @@ static void attend_token_avx512(const float *query, const float *k_cache, const 
         attend_token_avx512_impl(query, k_cache, v_cache, block_table, context_len, num_heads,
                                num_kv_heads, block_size, head_dim, scale, out, head_dim / 16, prefetch);
 }
+
+#define ROWS 16 /* query rows of a prefill work item: the lanes of one vector */
+
+/* Prefill rows in vector lanes: up to 16 / group consecutive tokens of one sequence times the
+ * `group` query heads of one KV head (lane r: token r / group, head r % group of the group),
+ * so every K/V tile is read once for 16 rows and no score needs a horizontal sum. Scores of
+ * a key are a vector over the rows (q·k with each k[d] broadcast), the running max and sum
+ * are lane-wise, and the output accumulates transposed (head_dim vectors over the rows).
+ * Prefill tokens re-read blocks that are in cache: compute bound, unlike decodes (the
+ * per-token path ran these at under one instruction per cycle, its tile a single dependency
+ * chain through a horizontal sum, a max and an exp). Lanes whose context is 0 (padding, or a
+ * token to skip) see nothing and are not written. */
+static void attend_rows_avx512(const float *query, const float *k_cache, const float *v_cache,
+                               const int32_t *block_table, const int32_t *context_lens,
+                               int num_tokens, int kv_head, int group, int num_heads,
+                               int num_kv_heads, int block_size, int head_dim, float scale,
+                               float *out) {
+    __m512 q_t[MAX_HEAD_DIM];   /* (head_dim) vectors over the rows: scaled queries */
+    __m512 acc_t[MAX_HEAD_DIM]; /* (head_dim) vectors over the rows: the weighted values */
+    float rows_t[MAX_HEAD_DIM][ROWS] __attribute__((aligned(64))); /* transposes in and out */
+    int32_t lane_context[ROWS] __attribute__((aligned(64)));
+    const long token_stride = (long)num_kv_heads * head_dim;
+    const long block_stride = token_stride * block_size;
+    const int num_rows = num_tokens * group;
+    int max_context = 0;
+    for (int r = 0; r < ROWS; ++r) {
+        lane_context[r] = r < num_rows ? context_lens[r / group] : 0;
+        max_context = lane_context[r] > max_context ? lane_context[r] : max_context;
+    }
+    /* row r of the item is query row r / group * num_heads + kv_head * group + r % group;
+     * with heads of one group adjacent, rows of one token are `group` consecutive heads */
+    for (int r = 0; r < ROWS; ++r) {
+        const float *q = query + ((long)(r / group) * num_heads + kv_head * group + r % group) *
+                                     head_dim;
+        if (r < num_rows)
+            for (int d = 0; d < head_dim; ++d) rows_t[d][r] = q[d] * scale;
+        else
+            for (int d = 0; d < head_dim; ++d) rows_t[d][r] = 0.0f;
+    }
+    for (int d = 0; d < head_dim; ++d) {
+        q_t[d] = _mm512_load_ps(rows_t[d]);
+        acc_t[d] = _mm512_setzero_ps();
+    }
+    const __m512i context_v = _mm512_load_si512(lane_context);
+    const __m512 floor_v = _mm512_set1_ps(-FLT_MAX); /* masked score: finite, so no inf - inf */
+    __m512 running_max = floor_v, running_sum = _mm512_setzero_ps();
+    const int num_blocks = (max_context + block_size - 1) / block_size;
+    for (int b = 0; b < num_blocks; ++b) {
+        const long base = (long)block_table[b] * block_stride + (long)kv_head * head_dim;
+        const int block_tokens =
+            b == num_blocks - 1 ? max_context - b * block_size : block_size;
+        for (int start = 0; start < block_tokens; start += 16) {
+            const int tokens = block_tokens - start < 16 ? block_tokens - start : 16;
+            const float *keys = k_cache + base + start * token_stride;
+            const float *values = v_cache + base + start * token_stride;
+            const int first_key = b * block_size + start;
+            __m512 s[16];
+            for (int t = 0; t < 16; ++t) s[t] = _mm512_setzero_ps();
+            for (int d = 0; d < head_dim; ++d) {
+                const __m512 q = q_t[d];
+                for (int t = 0; t < 16; ++t)
+                    if (t < tokens)
+                        s[t] = _mm512_fmadd_ps(_mm512_set1_ps(keys[t * token_stride + d]), q, s[t]);
+            }
+            __mmask16 valid[16];
+            __m512 tile_max = floor_v;
+            for (int t = 0; t < 16; ++t) {
+                /* key first_key + t is visible to the rows whose context exceeds it */
+                valid[t] = t < tokens ? _mm512_cmpgt_epi32_mask(context_v,
+                                                                _mm512_set1_epi32(first_key + t))
+                                      : 0;
+                s[t] = _mm512_mask_mov_ps(floor_v, valid[t], s[t]);
+                tile_max = _mm512_max_ps(tile_max, s[t]);
+            }
+            const __m512 new_max = _mm512_max_ps(running_max, tile_max);
+            const __m512 correction = exp512_nonpositive(_mm512_sub_ps(running_max, new_max));
+            running_max = new_max;
+            __m512 tile_sum = _mm512_setzero_ps();
+            for (int t = 0; t < 16; ++t) {
+                s[t] = _mm512_maskz_mov_ps(valid[t],
+                                           exp512_nonpositive(_mm512_sub_ps(s[t], new_max)));
+                tile_sum = _mm512_add_ps(tile_sum, s[t]);
+            }
+            running_sum = _mm512_fmadd_ps(running_sum, correction, tile_sum);
+            /* two accumulators per dimension (even and odd keys) halve the FMA chain */
+            for (int d = 0; d < head_dim; ++d) {
+                __m512 even = _mm512_mul_ps(acc_t[d], correction), odd = _mm512_setzero_ps();
+                for (int t = 0; t < 16; t += 2) {
+                    if (t < tokens)
+                        even = _mm512_fmadd_ps(_mm512_set1_ps(values[t * token_stride + d]), s[t],
+                                               even);
+                    if (t + 1 < tokens)
+                        odd = _mm512_fmadd_ps(_mm512_set1_ps(values[(t + 1) * token_stride + d]),
+                                              s[t + 1], odd);
+                }
+                acc_t[d] = _mm512_add_ps(even, odd);
+            }
+        }
+    }
+    /* lanes of skipped rows hold a sum of 0: their output is not written */
+    const __m512 inverse = _mm512_div_ps(_mm512_set1_ps(1.0f), running_sum);
+    for (int d = 0; d < head_dim; ++d) _mm512_store_ps(rows_t[d], _mm512_mul_ps(acc_t[d], inverse));
+    for (int r = 0; r < num_rows; ++r) {
+        if (lane_context[r] <= 0) continue;
+        float *o = out + ((long)(r / group) * num_heads + kv_head * group + r % group) * head_dim;
+        for (int d = 0; d < head_dim; ++d) o[d] = rows_t[d][r];
+    }
+}
 #endif
 
 /* Every query token attends over the first token_context_lens[i] cached tokens of sequence
@@ -241,8 +352,8 @@ static void attend_token_avx512(const float *query, const float *k_cache, const 
  * and their rows of `out` left as they were. The first `num_streamed_tokens` tokens (the
  * decodes: one token per sequence, whose blocks nothing else reads) prefetch each next
  * block; prefill tokens re-read blocks already in cache and skip it (prefetching there cost
- * 5-27% on 2048- to 256-token chunks). Returns 0, or -1 when a shape is beyond the fixed
- * limits above (the caller checks first). */
+ * 5-27% on 2048- to 256-token chunks). Returns 0, -1 when a shape is beyond the fixed
+ * limits above (the caller checks first), or -2 when the work list cannot be allocated. */
 int paged_attention_f32(const float *query, const float *k_cache, const float *v_cache,
                         const int32_t *block_tables, const int32_t *token_seqs,
                         const int32_t *token_context_lens, float *out, int num_tokens,
@@ -253,15 +364,45 @@ int paged_attention_f32(const float *query, const float *k_cache, const float *v
     if (group > MAX_GROUP || head_dim > MAX_HEAD_DIM || num_heads % num_kv_heads) return -1;
 #ifdef __AVX512F__
     if (head_dim % 16 == 0 && num_heads <= MAX_HEADS) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
-        for (int token = 0; token < num_tokens; ++token) {
-            if (token_context_lens[token] <= 0) continue;
-            const long offset = (long)token * num_heads * head_dim;
-            attend_token_avx512(query + offset, k_cache, v_cache,
-                              block_tables + (long)token_seqs[token] * max_blocks_per_seq,
-                              token_context_lens[token], num_heads, num_kv_heads, block_size,
-                              head_dim, scale, out + offset, token < num_streamed_tokens);
+        /* Work items: a token on the per-token path (decodes, and prefill tokens without a
+         * neighbour of their sequence), or a run of up to ROWS / group consecutive prefill
+         * tokens of one sequence with one KV head on the rows path. */
+        const int run_limit = ROWS % group == 0 ? ROWS / group : 1;
+        int32_t *items = malloc(sizeof(int32_t) * 3 * ((long)num_tokens * num_kv_heads + 1));
+        if (items == NULL) return -2;
+        long num_items = 0;
+        for (int token = 0; token < num_tokens;) {
+            int count = 1;
+            if (token >= num_streamed_tokens)
+                while (count < run_limit && token + count < num_tokens &&
+                       token_seqs[token + count] == token_seqs[token])
+                    ++count;
+            for (int kv_head = 0; kv_head < (count > 1 ? num_kv_heads : 1); ++kv_head) {
+                items[3 * num_items] = token;
+                items[3 * num_items + 1] = count;
+                items[3 * num_items + 2] = kv_head;
+                ++num_items;
+            }
+            token += count;
         }
+#pragma omp parallel for schedule(dynamic, 1) num_threads(num_threads)
+        for (long item = 0; item < num_items; ++item) {
+            const int token = items[3 * item], count = items[3 * item + 1];
+            const int32_t *block_table = block_tables + (long)token_seqs[token] * max_blocks_per_seq;
+            const long offset = (long)token * num_heads * head_dim;
+            if (count > 1) {
+                attend_rows_avx512(query + offset, k_cache, v_cache, block_table,
+                                   token_context_lens + token, count, items[3 * item + 2], group,
+                                   num_heads, num_kv_heads, block_size, head_dim, scale,
+                                   out + offset);
+            } else if (token_context_lens[token] > 0) {
+                attend_token_avx512(query + offset, k_cache, v_cache, block_table,
+                                    token_context_lens[token], num_heads, num_kv_heads,
+                                    block_size, head_dim, scale, out + offset,
+                                    token < num_streamed_tokens);
+            }
+        }
+        free(items);
         return 0;
     }
 #endif

@@ -156,6 +156,76 @@ def test_backend_batches(paged_batch, check_close, cache_dir, dtype, query_lens)
     check_close(out, expected, dtype)
 
 
+@pytest.mark.parametrize(
+    ("query_group_size", "head_dim", "block_size"),
+    [
+        (1, 64, 16),  # 16 tokens per rows item
+        (4, 128, 8),  # 4 tokens per item, 8-token blocks: tiles end at block ends
+        (8, 64, 32),  # 2 tokens per item, two tiles per block
+        (16, 64, 16),  # one token per item: every token on the per-token path
+        (2, 80, 16),  # head_dim 80
+        (3, 64, 16),  # a group that does not divide the 16 lanes: per-token path only
+    ],
+)
+def test_prefill_rows_match_reference(
+    paged_batch, check_close, cache_dir, query_group_size, head_dim, block_size
+):
+    """Prefill chunks run with 16 / group tokens (times the group's heads) in the lanes of one
+    vector: runs cut at sequence ends and at 16 rows, partial runs, single-token
+    remainders, chunks after cached prefixes, and a context longer than a 16-token tile."""
+    context_lens = [1, 19, 33, 64, 130, 140]
+    query_lens = [1, 19, 3, 17, 130, 9]
+    batch = on_cpu(
+        paged_batch(
+            context_lens, query_lens, 2, query_group_size, head_dim, block_size, torch.float32, 11
+        )
+    )
+    metadata = SimpleNamespace(
+        block_tables=batch.block_tables,
+        context_lens=batch.context_lens,
+        context_lens_host=batch.context_lens_host,
+        query_start_loc_host=batch.query_start_loc_host,
+        num_decode_seqs=1,
+    )
+    out = CpuAttentionBackend(cache_dir).attend(
+        batch.query, batch.k_cache, batch.v_cache, metadata, batch.scale
+    )
+    expected = reference.paged_attention(
+        **batch.upcast(),
+        block_tables=batch.block_tables,
+        query_start_loc=batch.query_start_loc_host,
+        context_lens=batch.context_lens_host,
+        num_decode_seqs=1,
+        scale=batch.scale,
+    )
+    check_close(out, expected, torch.float32)
+
+
+def test_skipped_prefill_tokens_keep_their_rows(paged_batch, cpu_kernel):
+    """A context length of 0 skips a token inside a rows item: its output row is left as it
+    was, and its neighbours' rows are still written."""
+    batch = on_cpu(paged_batch([40], [40], 2, 2, 64, 16, torch.float32, 13))
+    layout = SimpleNamespace(
+        seqs=torch.zeros(40, dtype=torch.int32),
+        context_lens=torch.arange(1, 41, dtype=torch.int32),
+    )
+    skipped = [0, 5, 6, 39]
+    layout.context_lens[skipped] = 0
+    out = torch.full(batch.query.shape, float("nan"))
+    cpu_kernel.attend_into(
+        out,
+        batch.query,
+        batch.k_cache,
+        batch.v_cache,
+        batch.block_tables,
+        layout.seqs,
+        layout.context_lens,
+        batch.scale,
+    )
+    written = torch.isfinite(out).all(dim=(1, 2))
+    assert written.tolist() == [i not in skipped for i in range(40)]
+
+
 def test_missing_compiler_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("CC", "no-such-compiler-xyz")
     with pytest.raises(NativeBuildError, match="no-such-compiler-xyz"):
