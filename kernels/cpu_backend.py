@@ -1,6 +1,6 @@
 """The engine's `cpu` attention backend: every query token attends through the native kernel
 (kernels/cpu_paged_attention.py), which reads the paged cache in place, decodes and prefill
-chunks alike in one call per layer (`python -m bench.cpu_attention`: 2.9-5.7x faster than
+chunks alike in one call per layer (`python -m bench.cpu_attention`: 4-14x faster than
 the reference on decode batches and on prefill chunks of 64-2048 tokens); KV writes go
 through the torch reference (or the model's fused rotary + KV-write kernel). Batches the
 kernel does not support (another dtype, an unusual head shape) run wholly on the reference.

@@ -30,6 +30,7 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     attention_backend: str = "auto"  # auto: triton on CUDA; cpu on CPU (torch without a C compiler)
     cpu_packed_weights: bool = True  # CPU float32: oneDNN GEMMs on weights packed at load
+    cpu_gemm_warmup: bool = True  # build the packed GEMMs' kernels per decode batch size at start
     tensor_parallel_size: int = 1
     seed: int = 0  # seeds the sampler for requests that carry no seed of their own
 

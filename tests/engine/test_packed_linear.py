@@ -1,16 +1,20 @@
 """oneDNN-packed float32 projections (layers/packed_linear.py): the same products as
-F.linear, the same greedy tokens as the plain path, and plain weights released except where
-another layer shares them (a tied LM head)."""
+F.linear, the same greedy tokens as the plain path, plain weights released except where
+another layer shares them (a tied LM head), and the start-up warm-up of their kernels."""
 
 from __future__ import annotations
+
+import logging
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from serve_app.engine.config import EngineConfig
 from serve_app.engine.engine import LLMEngine
-from serve_app.engine.layers.linear import PackableProjection
+from serve_app.engine.layers.linear import PackableProjection, warm_up_packed_projections
 from serve_app.engine.layers.packed_linear import (
     onednn_packing_available,
     pack_weight,
@@ -78,3 +82,58 @@ def test_plain_weights_are_released_unless_shared(tied, tmp_path):
             assert module.weight.numel() > 0, "the embedding still reads the tied weight"
         else:
             assert module.weight.numel() == 0, f"{type(module).__name__} kept its plain copy"
+
+
+class RecordingProjection(PackableProjection):
+    def __init__(self, out_features: int, in_features: int, bias: bool) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features), requires_grad=False)
+        self.bias = nn.Parameter(torch.randn(out_features), requires_grad=False) if bias else None
+        self.calls: list[tuple[int, bool]] = []
+
+    def project(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        self.calls.append((x.shape[0], bias is not None))
+        return super().project(x, bias)
+
+
+def test_warm_up_runs_each_packed_shape_once_per_token_count():
+    first, same_shape, with_bias, other, unpacked = (
+        RecordingProjection(8, 4, bias=False),
+        RecordingProjection(8, 4, bias=False),
+        RecordingProjection(8, 4, bias=True),
+        RecordingProjection(6, 4, bias=False),
+        RecordingProjection(6, 4, bias=False),
+    )
+    for module in (first, same_shape, with_bias, other):
+        module.pack_weight(release=True)
+    modules = [first, same_shape, with_bias, other, unpacked]
+    assert warm_up_packed_projections(modules, [1, 3]) == 6
+    assert first.calls == [(1, False), (3, False)]
+    assert same_shape.calls == [], "a shape already warmed shares its kernels"
+    assert with_bias.calls == [(1, True), (3, True)], "a bias is another kernel"
+    assert other.calls == [(1, False), (3, False)]
+    assert unpacked.calls == [], "plain weights have no kernels to build"
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_engine_warms_up_its_gemms_at_start(warmup, caplog):
+    """Every decode batch size for every projection shape (the LM head included), plus a full
+    token budget for the layers' shapes."""
+    caplog.set_level(logging.INFO, logger="serve_app.engine.model_runner")
+    LLMEngine(
+        EngineConfig(
+            model="tiny",
+            kv_cache_memory_bytes=8 << 20,
+            max_num_seqs=5,
+            max_num_batched_tokens=64,
+            cpu_gemm_warmup=warmup,
+        )
+    )
+    built = [r.getMessage() for r in caplog.records if "packed GEMM kernels" in r.getMessage()]
+    # tiny: qkv, o, gate_up, down (6 counts each: 1-5 and 64) and the LM head (1-5)
+    if warmup:
+        assert len(built) == 1 and re.fullmatch(
+            r"built 29 packed GEMM kernels in [\d.]+ s", built[0]
+        )
+    else:
+        assert built == []
