@@ -20,8 +20,9 @@ from kernels.native_build import load_native_library, threads_for
 class CpuElementwise:
     """The kernels, built once per process and cache directory (load_cpu_elementwise)."""
 
-    def __init__(self, cache_dir: Path) -> None:
-        native = load_native_library("cpu_elementwise", cache_dir)
+    def __init__(self, cache_dir: Path, extra_flags: tuple[str, ...] = ()) -> None:
+        """`extra_flags`: see native_build.load_native_library."""
+        native = load_native_library("cpu_elementwise", cache_dir, extra_flags)
         self.library_path = native.path
         self._add_rms_norm = native.library.add_rms_norm_f32
         self._add_rms_norm.restype = None

@@ -24,8 +24,9 @@ MAX_HEAD_DIM = 256  # the C source's MAX_HEAD_DIM
 class CpuPagedAttention:
     """The kernel, built once per process and cache directory (load_cpu_paged_attention)."""
 
-    def __init__(self, cache_dir: Path) -> None:
-        native = load_native_library("cpu_paged_attention", cache_dir)
+    def __init__(self, cache_dir: Path, extra_flags: tuple[str, ...] = ()) -> None:
+        """`extra_flags`: see native_build.load_native_library."""
+        native = load_native_library("cpu_paged_attention", cache_dir, extra_flags)
         self.library_path = native.path
         self._function = native.library.paged_attention_f32
         self._function.restype = ctypes.c_int

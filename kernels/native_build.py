@@ -56,8 +56,13 @@ def compiler() -> str:
     return os.environ.get("CC", "cc")
 
 
-def load_native_library(name: str, cache_dir: Path) -> NativeLibrary:
-    """Build (once per content) and load kernels/csrc/<name>.c; raises NativeBuildError."""
+def load_native_library(
+    name: str, cache_dir: Path, extra_flags: tuple[str, ...] = ()
+) -> NativeLibrary:
+    """Build (once per content) and load kernels/csrc/<name>.c; raises NativeBuildError.
+
+    `extra_flags` go after the standard ones (tests build the portable paths with
+    `-mno-avx512f` on a machine that has AVX-512)."""
     source = SOURCE_DIR / f"{name}.c"
     cc = shutil.which(compiler())
     if cc is None:
@@ -66,11 +71,12 @@ def load_native_library(name: str, cache_dir: Path) -> NativeLibrary:
         )
     # Headers count too: a source may include any file of csrc/.
     headers = b"".join(path.read_bytes() for path in sorted(SOURCE_DIR.glob("*.h")))
-    key = _cache_key(source.read_bytes() + headers, cc)
+    flags = (*COMPILE_FLAGS, *extra_flags)
+    key = _cache_key(source.read_bytes() + headers, cc, flags)
     target = cache_dir / f"{name}-{key[:20]}.so"
     if not target.exists():
         try:
-            _build(cc, source, target)
+            _build(cc, flags, source, target)
         except OSError as error:  # an unwritable cache directory, a full disk
             raise NativeBuildError(f"cannot build into {cache_dir}: {error}") from error
     try:
@@ -79,9 +85,9 @@ def load_native_library(name: str, cache_dir: Path) -> NativeLibrary:
         raise NativeBuildError(f"cannot load {target}: {error}") from error
 
 
-def _cache_key(source: bytes, cc: str) -> str:
+def _cache_key(source: bytes, cc: str, flags: tuple[str, ...]) -> str:
     digest = hashlib.sha256(source)
-    digest.update(" ".join(COMPILE_FLAGS).encode())
+    digest.update(" ".join(flags).encode())
     digest.update(_compiler_version(cc).encode())
     digest.update(platform.machine().encode())
     digest.update(_cpu_flags().encode())
@@ -108,11 +114,11 @@ def _cpu_flags() -> str:
     return ""
 
 
-def _build(cc: str, source: Path, target: Path) -> None:
+def _build(cc: str, flags: tuple[str, ...], source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=target.stem, suffix=".tmp")
     os.close(fd)
-    command = [cc, *COMPILE_FLAGS, "-o", temporary, str(source), "-lm"]
+    command = [cc, *flags, "-o", temporary, str(source), "-lm"]
     try:
         result = subprocess.run(
             command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S, check=False

@@ -200,6 +200,18 @@ def device() -> torch.device:
     return DEVICE
 
 
+# Flags added to a native CPU kernel build: none (this machine's paths: AVX-512 here), or the
+# portable C that CPUs without AVX-512 run, compiled here with -mno-avx512f.
+NATIVE_BUILDS = {"native": (), "portable": ("-mno-avx512f",)}
+
+
+@pytest.fixture(scope="module", params=sorted(NATIVE_BUILDS))
+def native_build_flags(request) -> tuple[str, ...]:
+    """Each native-kernel test runs on both builds (the portable one only differs from the
+    native one where the CPU has AVX-512)."""
+    return NATIVE_BUILDS[request.param]
+
+
 @pytest.fixture
 def paged_batch():
     """make_paged_batch(context_lens, query_lens, num_kv_heads, query_group_size, head_dim,

@@ -1,6 +1,7 @@
 """The native CPU elementwise kernels (kernels/cpu_elementwise.py) against the torch ops they
 replace: the residual add fused with RMSNorm (in place into the residual) and SiLU-and-mul,
-on widths with and without a vector tail, large magnitudes, several thread counts."""
+on widths with and without a vector tail, large magnitudes, several thread counts; each on
+the AVX-512 build and on the portable one (`native_build_flags`)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.cpu_elementwise import CpuElementwise, load_cpu_elementwise
+from kernels.cpu_elementwise import CpuElementwise
 from kernels.native_build import PARALLEL_GRAIN
 
 TOLERANCE = 1e-6  # ‖out − ref‖ / ‖ref‖, float32
 
 
 @pytest.fixture(scope="module")
-def kernels(tmp_path_factory) -> CpuElementwise:
-    return load_cpu_elementwise(tmp_path_factory.mktemp("native-kernels"))
+def kernels(tmp_path_factory, native_build_flags) -> CpuElementwise:
+    return CpuElementwise(tmp_path_factory.mktemp("native-kernels"), native_build_flags)
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -1,11 +1,14 @@
 """The native CPU attention kernel (kernels/cpu_paged_attention.py) against the references:
 decodes (ragged lengths, shuffled strided block tables, GQA ratios, head sizes on both of
 its paths, block sizes above its 16-token tile, thread counts), and the `cpu` backend on
-batches of decodes and prefill chunks (fresh prompts and chunks after a cached prefix)."""
+batches of decodes and prefill chunks (fresh prompts and chunks after a cached prefix); each
+on the AVX-512 build and on the portable one (`native_build_flags`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
+import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,7 +17,7 @@ import torch
 
 from kernels import reference
 from kernels.cpu_backend import CpuAttentionBackend
-from kernels.cpu_paged_attention import CpuPagedAttention, load_cpu_paged_attention
+from kernels.cpu_paged_attention import CpuPagedAttention
 from kernels.native_build import NativeBuildError, load_native_library
 
 # Length 1, mid-block, exactly one block, one past a block, several blocks ending mid-tile.
@@ -27,8 +30,15 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cpu_kernel(cache_dir) -> CpuPagedAttention:
-    return load_cpu_paged_attention(cache_dir)
+def cpu_kernel(cache_dir, native_build_flags) -> CpuPagedAttention:
+    return CpuPagedAttention(cache_dir, native_build_flags)
+
+
+def backend_with(cache_dir: Path, cpu_kernel: CpuPagedAttention) -> CpuAttentionBackend:
+    """The `cpu` backend running the build under test."""
+    backend = CpuAttentionBackend(cache_dir)
+    backend.kernel = cpu_kernel
+    return backend
 
 
 def on_cpu(batch):
@@ -130,7 +140,7 @@ def test_unsupported_inputs_are_refused(paged_batch, cpu_kernel):
         [1, 3, 9, 1, 40, 64],  # chunks after cached prefixes (and one-token chunks)
     ],
 )
-def test_backend_batches(paged_batch, check_close, cache_dir, dtype, query_lens):
+def test_backend_batches(paged_batch, check_close, cache_dir, cpu_kernel, dtype, query_lens):
     """Decodes first, then prefill chunks, as the engine lays them out; float16, which the
     kernel does not take, runs wholly on the reference."""
     num_decode_seqs = next((i for i, n in enumerate(query_lens) if n != 1), len(query_lens))
@@ -142,7 +152,7 @@ def test_backend_batches(paged_batch, check_close, cache_dir, dtype, query_lens)
         query_start_loc_host=batch.query_start_loc_host,
         num_decode_seqs=num_decode_seqs,
     )
-    out = CpuAttentionBackend(cache_dir).attend(
+    out = backend_with(cache_dir, cpu_kernel).attend(
         batch.query, batch.k_cache, batch.v_cache, metadata, batch.scale
     )
     expected = reference.paged_attention(
@@ -168,7 +178,7 @@ def test_backend_batches(paged_batch, check_close, cache_dir, dtype, query_lens)
     ],
 )
 def test_prefill_rows_match_reference(
-    paged_batch, check_close, cache_dir, query_group_size, head_dim, block_size
+    paged_batch, check_close, cache_dir, cpu_kernel, query_group_size, head_dim, block_size
 ):
     """Prefill chunks run with 16 / group tokens (times the group's heads) in the lanes of one
     vector: runs cut at sequence ends and at 16 rows, partial runs, single-token
@@ -187,7 +197,7 @@ def test_prefill_rows_match_reference(
         query_start_loc_host=batch.query_start_loc_host,
         num_decode_seqs=1,
     )
-    out = CpuAttentionBackend(cache_dir).attend(
+    out = backend_with(cache_dir, cpu_kernel).attend(
         batch.query, batch.k_cache, batch.v_cache, metadata, batch.scale
     )
     expected = reference.paged_attention(
@@ -239,6 +249,25 @@ def test_unwritable_cache_is_a_clear_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(NativeBuildError, match="cannot build into"):
         load_native_library("cpu_paged_attention", blocker / "kernels")
+
+
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump (binutils)")
+def test_portable_build_has_no_avx512_code(tmp_path):
+    """The portable build the tests above run really is another code path: no zmm register
+    in it, while the native build on an AVX-512 machine has them."""
+    native = load_native_library("cpu_paged_attention", tmp_path)
+    portable = load_native_library("cpu_paged_attention", tmp_path, ("-mno-avx512f",))
+    assert native.path != portable.path, "the flags are part of the cache key"
+
+    def uses_zmm(path: Path) -> bool:
+        listing = subprocess.run(
+            ["objdump", "-d", str(path)], capture_output=True, text=True, check=True
+        ).stdout
+        return "%zmm" in listing
+
+    assert not uses_zmm(portable.path)
+    if "avx512f" in Path("/proc/cpuinfo").read_text():
+        assert uses_zmm(native.path)
 
 
 def test_build_is_cached_by_content(tmp_path):
