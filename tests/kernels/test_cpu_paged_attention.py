@@ -34,11 +34,30 @@ def cpu_kernel(cache_dir, native_build_flags) -> CpuPagedAttention:
     return CpuPagedAttention(cache_dir, native_build_flags)
 
 
-def backend_with(cache_dir: Path, cpu_kernel: CpuPagedAttention) -> CpuAttentionBackend:
-    """The `cpu` backend running the build under test."""
+def backend_and_reference(
+    cache_dir: Path, cpu_kernel: CpuPagedAttention, batch, num_decode_seqs: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `cpu` backend (running the build under test) and the reference on one batch laid
+    out as the engine lays it out: `num_decode_seqs` decodes first, then prefill chunks."""
+    metadata = SimpleNamespace(
+        block_tables=batch.block_tables,
+        context_lens=batch.context_lens,
+        context_lens_host=batch.context_lens_host,
+        query_start_loc_host=batch.query_start_loc_host,
+        num_decode_seqs=num_decode_seqs,
+    )
     backend = CpuAttentionBackend(cache_dir)
     backend.kernel = cpu_kernel
-    return backend
+    out = backend.attend(batch.query, batch.k_cache, batch.v_cache, metadata, batch.scale)
+    expected = reference.paged_attention(
+        **batch.upcast(),
+        block_tables=batch.block_tables,
+        query_start_loc=batch.query_start_loc_host,
+        context_lens=batch.context_lens_host,
+        num_decode_seqs=num_decode_seqs,
+        scale=batch.scale,
+    )
+    return out, expected
 
 
 def on_cpu(batch):
@@ -145,25 +164,7 @@ def test_backend_batches(paged_batch, check_close, cache_dir, cpu_kernel, dtype,
     kernel does not take, runs wholly on the reference."""
     num_decode_seqs = next((i for i, n in enumerate(query_lens) if n != 1), len(query_lens))
     batch = on_cpu(paged_batch(CONTEXT_LENS, query_lens, 2, 2, 64, 16, dtype, sum(query_lens)))
-    metadata = SimpleNamespace(
-        block_tables=batch.block_tables,
-        context_lens=batch.context_lens,
-        context_lens_host=batch.context_lens_host,
-        query_start_loc_host=batch.query_start_loc_host,
-        num_decode_seqs=num_decode_seqs,
-    )
-    out = backend_with(cache_dir, cpu_kernel).attend(
-        batch.query, batch.k_cache, batch.v_cache, metadata, batch.scale
-    )
-    expected = reference.paged_attention(
-        **batch.upcast(),
-        block_tables=batch.block_tables,
-        query_start_loc=batch.query_start_loc_host,
-        context_lens=batch.context_lens_host,
-        num_decode_seqs=num_decode_seqs,
-        scale=batch.scale,
-    )
-    check_close(out, expected, dtype)
+    check_close(*backend_and_reference(cache_dir, cpu_kernel, batch, num_decode_seqs), dtype)
 
 
 @pytest.mark.parametrize(
@@ -190,25 +191,7 @@ def test_prefill_rows_match_reference(
             context_lens, query_lens, 2, query_group_size, head_dim, block_size, torch.float32, 11
         )
     )
-    metadata = SimpleNamespace(
-        block_tables=batch.block_tables,
-        context_lens=batch.context_lens,
-        context_lens_host=batch.context_lens_host,
-        query_start_loc_host=batch.query_start_loc_host,
-        num_decode_seqs=1,
-    )
-    out = backend_with(cache_dir, cpu_kernel).attend(
-        batch.query, batch.k_cache, batch.v_cache, metadata, batch.scale
-    )
-    expected = reference.paged_attention(
-        **batch.upcast(),
-        block_tables=batch.block_tables,
-        query_start_loc=batch.query_start_loc_host,
-        context_lens=batch.context_lens_host,
-        num_decode_seqs=1,
-        scale=batch.scale,
-    )
-    check_close(out, expected, torch.float32)
+    check_close(*backend_and_reference(cache_dir, cpu_kernel, batch, 1), torch.float32)
 
 
 def test_skipped_prefill_tokens_keep_their_rows(paged_batch, cpu_kernel):
