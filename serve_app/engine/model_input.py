@@ -45,7 +45,7 @@ class ModelInput:
 def build_model_input(chunks: list[ScheduledChunk], block_size: int) -> ModelInput:
     """Flatten the chunks (decodes first, as the scheduler orders them) into one batch.
 
-    Runs on the host every step (0.8 -> 0.3 ms for 128 decodes once the block tables went
+    Runs on the host every step (0.80 -> 0.24 ms for 128 decodes once the block tables went
     into one tensor and slots were written a block at a time)."""
     token_ids: list[int] = []
     positions: list[int] = []
