@@ -9,12 +9,16 @@ Ceiling: the workload's matmul FLOPs (2 x non-embedding parameters per prompt an
 token, plus the LM head once per output token) over this machine's float32 matmul rate:
 the fastest of torch's default GEMM (MKL) and oneDNN on a packed operand, measured in the
 same run, before and after the systems (the highest rate, the strictest ceiling, is used).
+`--rounds N` runs all of it N times in turn and ends with the median and range of each
+ratio: the dev box's speed drifts by 10-20% between minutes, the baselines' more than the
+engine's.
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -171,6 +175,64 @@ def run_hf_static_batches(hf_model, workload: Workload, batch_size: int) -> Resu
     )
 
 
+def run_round(args, hf_model, model_dir, workload: Workload) -> dict[tuple[str, str], float]:
+    """Every system once, between two measurements of the matmul rate; prints their table
+    and returns the engine's ratios to the others."""
+    rate_before = measure_matmul_flops()
+    results: list[Result] = []
+    if not args.skip_hf:
+        with torch.inference_mode():
+            results.append(run_hf_one_at_a_time(hf_model, workload.subset(args.hf_single_requests)))
+            results.append(
+                run_hf_static_batches(hf_model, workload.subset(args.hf_batched_requests), 16)
+            )
+    warmup = make_workload(2, hf_model.config.vocab_size, args.seed + 1)
+    results += [
+        run_engine(str(model_dir), workload, warmup, tp, args.max_num_batched_tokens)
+        for tp in args.tp
+    ]
+    # The rate varies by 10-25% between runs on a shared VM: measured before and after the
+    # systems, the higher (the stricter ceiling) is used.
+    rate_after = measure_matmul_flops()
+    matmul_rate = max(*rate_before.values(), *rate_after.values())
+    ceiling_seconds = workload_flops(hf_model, workload) / matmul_rate
+    results.append(
+        Result(
+            "ceiling (matmul FLOPs / peak)",
+            len(workload.prompts),
+            workload.num_output_tokens,
+            ceiling_seconds,
+        )
+    )
+    print(
+        f"\nmodel={args.model} float32, {torch.get_num_threads()} threads, "
+        f"{len(workload.prompts)} requests, {workload.num_output_tokens} output tokens, "
+        f"float32 matmul rate {matmul_rate / 1e9:.1f} GFLOP/s, the highest of (GFLOP/s, "
+        "1024 x 1024 matmuls): "
+        + ", ".join(
+            f"{name} {before / 1e9:.1f} before / {rate_after[name] / 1e9:.1f} after the runs"
+            for name, before in rate_before.items()
+        )
+    )
+    print(f"{'system':<38} {'requests':>8} {'out tok':>8} {'seconds':>8} {'tok/s':>8}")
+    for result in results:
+        print(
+            f"{result.system:<38} {result.requests:>8} {result.output_tokens:>8} "
+            f"{result.seconds:>8.2f} {result.tokens_per_s:>8.1f}"
+        )
+    ratios: dict[tuple[str, str], float] = {}
+    for engine_result in results:
+        if not engine_result.system.startswith("(c)"):
+            continue
+        print(f"\n{engine_result.system}:")
+        for other in results:
+            if other is not engine_result:
+                ratio = engine_result.tokens_per_s / other.tokens_per_s
+                ratios[engine_result.system, other.system] = ratio
+                print(f"  vs {other.system:<36} {ratio:6.2f}x")
+    return ratios
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="bench")
@@ -197,6 +259,13 @@ def main() -> None:
     parser.add_argument("--max-num-batched-tokens", type=int, default=2048)
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every system this many times, in turn, and summarize the ratios (this "
+        "machine's speed drifts by 10-20%% between minutes; about 75 s a round)",
+    )
     args = parser.parse_args()
 
     from transformers import AutoModelForCausalLM
@@ -207,54 +276,19 @@ def main() -> None:
     workload = make_workload(args.num_requests, hf_model.config.vocab_size, args.seed)
     torch.manual_seed(args.seed)
 
-    rate_before = measure_matmul_flops()
-    results: list[Result] = []
-    if not args.skip_hf:
-        with torch.inference_mode():
-            results.append(run_hf_one_at_a_time(hf_model, workload.subset(args.hf_single_requests)))
-            results.append(
-                run_hf_static_batches(hf_model, workload.subset(args.hf_batched_requests), 16)
+    all_ratios: dict[tuple[str, str], list[float]] = {}
+    for round_index in range(args.rounds):
+        if args.rounds > 1:
+            print(f"\n=== round {round_index + 1} of {args.rounds}")
+        for key, ratio in run_round(args, hf_model, model_dir, workload).items():
+            all_ratios.setdefault(key, []).append(ratio)
+    if args.rounds > 1:
+        print(f"\nratios over {args.rounds} rounds: median (min - max)")
+        for (engine, other), values in all_ratios.items():
+            print(
+                f"  {engine} vs {other:<36} {statistics.median(values):6.2f}x "
+                f"({min(values):.2f} - {max(values):.2f})"
             )
-    warmup = make_workload(2, hf_model.config.vocab_size, args.seed + 1)
-    engine_results = [
-        run_engine(str(model_dir), workload, warmup, tp, args.max_num_batched_tokens)
-        for tp in args.tp
-    ]
-    results += engine_results
-    # The rate varies by 10-25% between runs on a shared VM: measured before and after the
-    # systems, the higher (the stricter ceiling) is used.
-    rate_after = measure_matmul_flops()
-    matmul_rate = max(*rate_before.values(), *rate_after.values())
-
-    ceiling_seconds = workload_flops(hf_model, workload) / matmul_rate
-    ceiling = Result(
-        "ceiling (matmul FLOPs / peak)",
-        len(workload.prompts),
-        workload.num_output_tokens,
-        ceiling_seconds,
-    )
-    print(
-        f"\nmodel={args.model} float32, {torch.get_num_threads()} threads, "
-        f"{len(workload.prompts)} requests, {workload.num_output_tokens} output tokens, "
-        f"float32 matmul rate {matmul_rate / 1e9:.1f} GFLOP/s, the highest of (GFLOP/s, "
-        "1024 x 1024 matmuls): "
-        + ", ".join(
-            f"{name} {before / 1e9:.1f} before / {rate_after[name] / 1e9:.1f} after the runs"
-            for name, before in rate_before.items()
-        )
-    )
-    print(f"{'system':<38} {'requests':>8} {'out tok':>8} {'seconds':>8} {'tok/s':>8}")
-    for result in [*results, ceiling]:
-        print(
-            f"{result.system:<38} {result.requests:>8} {result.output_tokens:>8} "
-            f"{result.seconds:>8.2f} {result.tokens_per_s:>8.1f}"
-        )
-    for engine_result in engine_results:
-        print(f"\n{engine_result.system}:")
-        for other in [*results, ceiling]:
-            if other is not engine_result:
-                ratio = engine_result.tokens_per_s / other.tokens_per_s
-                print(f"  vs {other.system:<36} {ratio:6.2f}x")
 
 
 if __name__ == "__main__":
