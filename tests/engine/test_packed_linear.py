@@ -4,6 +4,7 @@ another layer shares them (a tied LM head), and the start-up warm-up of their ke
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 
@@ -12,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from serve_app.engine import model_runner
 from serve_app.engine.config import EngineConfig
 from serve_app.engine.engine import LLMEngine
 from serve_app.engine.layers.linear import PackableProjection, warm_up_packed_projections
@@ -107,12 +109,29 @@ def test_warm_up_runs_each_packed_shape_once_per_token_count():
     for module in (first, same_shape, with_bias, other):
         module.pack_weight(release=True)
     modules = [first, same_shape, with_bias, other, unpacked]
-    assert warm_up_packed_projections(modules, [1, 3]) == 6
+    assert warm_up_packed_projections(modules, [1, 3]) == 2
     assert first.calls == [(1, False), (3, False)]
     assert same_shape.calls == [], "a shape already warmed shares its kernels"
     assert with_bias.calls == [(1, True), (3, True)], "a bias is another kernel"
     assert other.calls == [(1, False), (3, False)]
     assert unpacked.calls == [], "plain weights have no kernels to build"
+
+
+def test_warm_up_stops_at_its_flop_budget():
+    """Token counts in the order given, every shape at each, and no product past the budget:
+    here the three shapes at 1 token (2 x 1 x (32 + 32 + 24) = 176 FLOPs) fit, and the first
+    product at 3 tokens (192 more) does not."""
+    first, with_bias, other = (
+        RecordingProjection(8, 4, bias=False),
+        RecordingProjection(8, 4, bias=True),
+        RecordingProjection(6, 4, bias=False),
+    )
+    for module in (first, with_bias, other):
+        module.pack_weight(release=True)
+    assert warm_up_packed_projections([first, with_bias, other], [1, 3], max_flops=300) == 1
+    assert first.calls == [(1, False)]
+    assert with_bias.calls == [(1, True)]
+    assert other.calls == [(1, False)]
 
 
 @pytest.mark.parametrize("warmup", [True, False])
@@ -130,10 +149,38 @@ def test_engine_warms_up_its_gemms_at_start(warmup, caplog):
         )
     )
     built = [r.getMessage() for r in caplog.records if "packed GEMM kernels" in r.getMessage()]
-    # tiny: qkv, o, gate_up, down (6 counts each: 1-5 and 64) and the LM head (1-5)
     if warmup:
-        assert len(built) == 1 and re.fullmatch(
-            r"built 29 packed GEMM kernels in [\d.]+ s", built[0]
+        assert len(built) == 1
+        assert re.fullmatch(
+            r"packed GEMM kernels built for batch sizes 1-5 and 64 in [\d.]+ s", built[0]
         )
     else:
         assert built == []
+
+
+def test_engine_warm_up_within_its_budget_says_where_it_stopped(caplog, monkeypatch):
+    """A budget for batch sizes 1 and 2 (3 tokens' worth of every shape): the log names the
+    sizes built and that the larger ones build on first use; the full token budget (64
+    tokens of the layers) does not fit either."""
+    config = EngineConfig(
+        model="tiny", kv_cache_memory_bytes=8 << 20, max_num_seqs=5, max_num_batched_tokens=64
+    )
+    plain = LLMEngine(dataclasses.replace(config, cpu_gemm_warmup=False))
+    flops_per_token = sum(
+        2.0 * module.packed_weight.shape[0] * module.packed_weight.shape[1]
+        for module in {
+            (*m.packed_weight.shape, getattr(m, "bias", None) is not None): m
+            for m in plain.executor.runner.model.modules()
+            if isinstance(m, PackableProjection)
+        }.values()
+    )
+    monkeypatch.setattr(model_runner, "GEMM_WARMUP_MAX_FLOPS", 3.5 * flops_per_token)
+    caplog.set_level(logging.INFO, logger="serve_app.engine.model_runner")
+    LLMEngine(config)
+    built = [r.getMessage() for r in caplog.records if "packed GEMM kernels" in r.getMessage()]
+    assert len(built) == 1
+    assert re.fullmatch(
+        r"packed GEMM kernels built for batch sizes 1-2 in [\d.]+ s; up to 5 they build on "
+        r"first use \(over the warm-up's FLOP budget\)",
+        built[0],
+    )

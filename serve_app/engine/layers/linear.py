@@ -7,6 +7,8 @@ plain linear layers.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -99,22 +101,30 @@ def pack_projection_weights(model: nn.Module) -> int:
     return len(projections)
 
 
-def warm_up_packed_projections(modules: list[nn.Module], token_counts: list[int]) -> int:
+def warm_up_packed_projections(
+    modules: list[nn.Module], token_counts: list[int], max_flops: float = math.inf
+) -> int:
     """Run each packed projection shape among `modules` once per token count, on zeros:
     oneDNN builds a kernel per (weight shape, token count) on first use, ~0.5 ms each on the
     dev box, which would otherwise land on the first step of every new batch size. Layers of
-    one shape share the kernels, so one layer per shape runs. Returns how many products ran."""
+    one shape share the kernels, so one layer per shape runs. Token counts go in the order
+    given, every shape at each; the warm-up stops before the product that would take it
+    past `max_flops`. Returns how many of the token counts every shape ran at."""
     by_shape: dict[tuple[int, int, bool], PackableProjection] = {}
     for module in modules:
         if isinstance(module, PackableProjection) and module.packed_weight is not None:
             has_bias = getattr(module, "bias", None) is not None
             by_shape.setdefault((*module.packed_weight.shape, has_bias), module)
+    flops = 0.0
     with torch.inference_mode():
-        for (_, in_features, has_bias), module in by_shape.items():
-            bias = module.bias if has_bias else None
-            for tokens in token_counts:
-                module.project(torch.zeros(tokens, in_features), bias)
-    return len(by_shape) * len(token_counts)
+        for done, tokens in enumerate(token_counts):
+            for (out_features, in_features, has_bias), module in by_shape.items():
+                cost = 2.0 * tokens * out_features * in_features
+                if flops + cost > max_flops:
+                    return done
+                module.project(torch.zeros(tokens, in_features), module.bias if has_bias else None)
+                flops += cost
+    return len(token_counts)
 
 
 def _attach_loader(param: nn.Parameter, loader) -> nn.Parameter:
