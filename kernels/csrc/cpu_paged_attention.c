@@ -143,7 +143,10 @@ static inline __attribute__((always_inline)) void attend_token_avx512_impl(
     for (int b = 0; b < num_blocks; ++b) {
         const long base = (long)block_table[b] * block_stride;
         /* The next block, prefetched a slice per head iteration of this block's first tile:
-         * issued all at once the requests stall the core (bench/README.md). */
+         * issued all at once the requests stall the core (bench/README.md). Non-temporal:
+         * a decode's blocks are read once per step, and the hint keeps them from evicting
+         * the weights and activations the next projection reads (engine A/B: 8 of 10 pairs
+         * faster, median -1.7%). */
         const int has_next = prefetch && b + 1 < num_blocks;
         const char *next_k = (const char *)(k_cache + (long)block_table[has_next ? b + 1 : b] * block_stride);
         const char *next_v = (const char *)(v_cache + (long)block_table[has_next ? b + 1 : b] * block_stride);
@@ -158,8 +161,8 @@ static inline __attribute__((always_inline)) void attend_token_avx512_impl(
                     const long end = (h + 1) * slice_bytes < block_bytes ? (h + 1) * slice_bytes
                                                                           : block_bytes;
                     for (long offset = h * slice_bytes; offset < end; offset += 64) {
-                        _mm_prefetch(next_k + offset, _MM_HINT_T0);
-                        _mm_prefetch(next_v + offset, _MM_HINT_T0);
+                        _mm_prefetch(next_k + offset, _MM_HINT_NTA);
+                        _mm_prefetch(next_v + offset, _MM_HINT_NTA);
                     }
                 }
                 const long head_offset = (long)(h / group) * head_dim;
