@@ -26,6 +26,7 @@ import torch
 
 from serve_app.engine.config import EngineConfig
 from serve_app.engine.engine import LLMEngine
+from serve_app.engine.host_memory import malloc_uses_huge_pages
 from serve_app.engine.layers.packed_linear import (
     onednn_packing_available,
     pack_weight,
@@ -205,7 +206,8 @@ def run_round(args, hf_model, model_dir, workload: Workload) -> dict[tuple[str, 
         )
     )
     print(
-        f"\nmodel={args.model} float32, {torch.get_num_threads()} threads, "
+        f"\nmodel={args.model} float32, {torch.get_num_threads()} threads, host memory in "
+        f"{'huge pages' if malloc_uses_huge_pages() else '4 KiB pages'} (see `make bench`), "
         f"{len(workload.prompts)} requests, {workload.num_output_tokens} output tokens, "
         f"float32 matmul rate {matmul_rate / 1e9:.1f} GFLOP/s, the highest of (GFLOP/s, "
         "1024 x 1024 matmuls): "

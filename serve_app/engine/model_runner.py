@@ -11,7 +11,7 @@ import torch
 
 from kernels.cpu_elementwise import CpuElementwise
 from serve_app.engine.config import ConfigError, EngineConfig
-from serve_app.engine.host_memory import keep_freed_host_memory
+from serve_app.engine.host_memory import huge_pages_hint, keep_freed_host_memory
 from serve_app.engine.layers.attention import (
     cpu_kernel_unavailable_reason,
     kernel_cache_dir,
@@ -95,6 +95,7 @@ class ModelRunner:
         self.device = resolve_device(config)
         if self.device.type == "cpu":
             keep_freed_host_memory()
+            huge_pages_hint()
         self.dtype = resolve_dtype(config, self.device, self.arch)
         self.max_model_len = resolve_max_model_len(config, self.arch)
         self.attention_backend = resolve_attention_backend(config, self.device)
