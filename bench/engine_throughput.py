@@ -255,7 +255,7 @@ def rerun_with_huge_pages() -> None:
         "GLIBC_TUNABLES": f"{current}:{HUGE_PAGE_TUNABLE}" if current else HUGE_PAGE_TUNABLE,
     }
     sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, "-m", "bench.engine_throughput", *sys.argv[1:]], env)
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)  # the same command
 
 
 def main() -> None:
