@@ -82,7 +82,7 @@ def build_model_input(chunks: list[ScheduledChunk], block_size: int) -> ModelInp
         num_tokens += chunk.num_new_tokens
         context_lens.append(end)
         query_start_loc.append(num_tokens)
-        if end == seq.num_tokens:  # the chunk reaches the end: it samples the next token
+        if chunk.samples_token:
             logits_indices.append(num_tokens - 1)
     max_blocks = max(len(table) for table in tables)
     return ModelInput(
