@@ -33,11 +33,16 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     Prefill-sized batches get F.linear's contiguous result: elementwise work and norms on a
     transposed 2048-token activation ran 5-30x slower than on a contiguous one.
     """
-    if x.device.type != "cpu" or x.dim() != 2 or x.shape[0] >= TRANSPOSED_PROJECTION_MAX_TOKENS:
+    if not _transposed_form_pays(x):
         return F.linear(x, weight, bias)
     if bias is None:
         return torch.mm(weight, x.t()).t()  # (out, tokens) -> (tokens, out)
     return torch.addmm(bias.unsqueeze(1), weight, x.t()).t()
+
+
+def _transposed_form_pays(x: torch.Tensor) -> bool:
+    """A CPU batch of tokens below TRANSPOSED_PROJECTION_MAX_TOKENS: (W x^T) beats x W^T."""
+    return x.device.type == "cpu" and x.dim() == 2 and x.shape[0] < TRANSPOSED_PROJECTION_MAX_TOKENS
 
 
 # Output rows per slice in `linear_contiguous`: 2048 x 128 float32 results (1 MiB) stay in
@@ -54,7 +59,7 @@ def linear_contiguous(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     on 128 x 32000 logits that ran at 150 GFLOP/s against 137 for one (W x^T)^T and a
     copy of the whole transposed result, and 123 for F.linear (bench/README.md).
     """
-    if x.device.type != "cpu" or x.dim() != 2 or x.shape[0] >= TRANSPOSED_PROJECTION_MAX_TOKENS:
+    if not _transposed_form_pays(x):
         return F.linear(x, weight)
     out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype)
     x_t = x.t()
