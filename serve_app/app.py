@@ -14,10 +14,10 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from serve_app.batcher import Batcher
+from serve_app.batcher.deployment import Batcher
 from serve_app.config import AppConfig, load_app_config
-from serve_app.ingress import OpenAIIngress
-from serve_app.replica import ModelReplica
+from serve_app.ingress.http import OpenAIIngress
+from serve_app.replica.deployment import ModelReplica
 
 INGRESS_NAME = "OpenAIIngress"
 REPLICA_NAME = "ModelReplica"
@@ -74,7 +74,7 @@ def replica_options(config: AppConfig) -> dict[str, Any]:
 
 def rank_bundles(config: AppConfig) -> list[dict[str, float]]:
     """One bundle per tensor-parallel rank: bundle 0 holds the replica actor (rank 0), the
-    others the Ray actors of ranks 1..N-1 (serve_app/ray_executor.py)."""
+    others the Ray actors of ranks 1..N-1 (serve_app/replica/ray_executor.py)."""
     resources = {"CPU": config.replica.num_cpus, "GPU": config.replica.num_gpus}
     bundle = {name: amount for name, amount in resources.items() if amount > 0}
     return [dict(bundle) for _ in range(config.engine.tensor_parallel_size)]

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from serve_app.batch_policy import BatchPolicyConfig
+from serve_app.batcher.policy import BatchPolicyConfig
 from serve_app.engine.config import EngineConfig
 
 
@@ -65,7 +65,7 @@ class ReplicaSettings(_Section):
     graceful_shutdown_timeout_s: float = Field(20.0, ge=0)
     # An engine loop silent this long is unhealthy; its idle loop wakes every second, so >= 2.
     stall_timeout_s: float = Field(60.0, ge=2.0)
-    # Tokens per streamed message after the first (serve_app/chunk_coalescer.py): 1 streams
+    # Tokens per streamed message after the first (serve_app/replica/chunk_coalescer.py): 1 streams
     # every token at once; N holds a request's tokens until N are ready or it finishes.
     stream_interval_tokens: int = Field(1, ge=1, le=4096)
 
@@ -73,7 +73,7 @@ class ReplicaSettings(_Section):
 class BatcherSettings(_Section):
     """The adaptive micro-batcher between the ingress and the model replicas.
 
-    `policy` holds the knobs of serve_app/batch_policy.py (target_ttft_ms, max_batch_size,
+    `policy` holds the knobs of serve_app/batcher/policy.py (target_ttft_ms, max_batch_size,
     max_wait_ms, smoothing); they become the Batcher deployment's `user_config`, so a Serve
     config's `deployments: [{name: Batcher, user_config: {...}}]` changes them live.
     """

@@ -1,7 +1,7 @@
 """What every tensor-parallel executor shares, whatever carries its steps to the ranks.
 
 The multiprocess executor (pipes to local processes) and the Ray executor (actors in a
-placement group, serve_app/ray_executor.py) raise the same error and plan the KV cache the
+placement group, serve_app/replica/ray_executor.py) raise the same error and plan the KV cache the
 same way (every rank allocates what the tightest rank can hold), and keep their failure and
 shutdown state alike.
 """

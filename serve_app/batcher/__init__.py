@@ -1,0 +1,1 @@
+"""The micro-batcher: its deployment, its policy (pure Python) and live request state."""

@@ -1,0 +1,1 @@
+"""The ingress: OpenAI HTTP routes, SSE, gRPC methods, auth, errors and text streaming."""

@@ -1,0 +1,27 @@
+"""Map what can fail behind the TokenStreamer (Serve, Ray, the engine) to OpenAI errors:
+overload is 429 with Retry-After, a request the engine rejects is 400, a replica that is
+gone or dead is 503."""
+
+from __future__ import annotations
+
+import logging
+
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+from serve_app.engine.async_engine import EngineDeadError
+from serve_app.ingress.errors import APIError, overloaded
+
+logger = logging.getLogger(__name__)
+
+
+def to_api_error(error: BaseException, retry_after_s: int) -> APIError:
+    cause = getattr(error, "cause", None) or error  # RayTaskError wraps the replica's error
+    if isinstance(error, BackPressureError) or isinstance(cause, BackPressureError):
+        return overloaded(retry_after_s, "the server is overloaded; retry after a moment")
+    if isinstance(cause, EngineDeadError | RayActorError | DeploymentUnavailableError):
+        return APIError(503, f"the model replica is unavailable: {cause}", code="unavailable")
+    if isinstance(cause, ValueError):
+        return APIError(400, str(cause), code="invalid_value")
+    logger.error("request failed downstream", exc_info=error)
+    return APIError(500, f"internal error: {type(cause).__name__}", code="internal_error")

@@ -1,0 +1,129 @@
+"""ModelReplica.generate_batch without Ray: a batch streams every request's greedy tokens,
+aborting one request of it frees that request alone, and a request the engine rejects
+ends with its own error while the others complete."""
+
+from __future__ import annotations
+
+import asyncio
+
+from serve_app.config import load_app_config
+from serve_app.engine.engine import LLMEngine, RequestError
+from serve_app.engine.sampling_params import SamplingParams
+from serve_app.messages import BatchMessage, BatchRequest, TaggedChunk
+from serve_app.replica.deployment import ModelReplica
+
+ARGS = {"engine": {"kv_cache_memory_bytes": 2**20, "max_num_seqs": 4}}
+PROMPTS = [[72, 101, 108], [1, 2, 3, 4, 5], [9, 8, 7, 6]]
+
+
+def expected_tokens(params: SamplingParams) -> list[list[int]]:
+    return LLMEngine(load_app_config(ARGS).engine).generate(PROMPTS, params)
+
+
+def batch(params: SamplingParams, prompts=PROMPTS) -> list[BatchRequest]:
+    return [BatchRequest(f"r{i}", prompt, params) for i, prompt in enumerate(prompts)]
+
+
+async def collect(replica: ModelReplica, requests: list[BatchRequest], on_message=None):
+    """Tokens and final messages per request id, from one generate_batch stream."""
+    tokens: dict[str, list[int]] = {r.request_id: [] for r in requests}
+    finals: dict[str, TaggedChunk] = {}
+    stream = replica.generate_batch(requests)
+    async for batch_message in stream:
+        assert isinstance(batch_message, BatchMessage)
+        assert batch_message.abort_channel is None  # no Ray here: no channel to name
+        for message in batch_message.chunks:
+            if message.chunk is not None:
+                tokens[message.request_id] += message.chunk.token_ids
+            if message.final:
+                finals[message.request_id] = message
+        if on_message is not None:
+            on_message(tokens)
+    return tokens, finals
+
+
+def test_a_batch_streams_each_requests_greedy_tokens():
+    replica = ModelReplica(load_app_config(ARGS))
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    tokens, finals = asyncio.run(collect(replica, batch(params)))
+    assert [tokens[f"r{i}"] for i in range(3)] == expected_tokens(params)
+    assert all(finals[f"r{i}"].chunk.finish_reason == "length" for i in range(3))
+    assert replica.num_cancelled_streams == 0
+    replica.engine.shutdown()
+
+
+def test_a_batch_groups_each_requests_tokens_by_the_stream_interval():
+    replica = ModelReplica(load_app_config({**ARGS, "replica": {"stream_interval_tokens": 3}}))
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    sizes: dict[str, list[int]] = {f"r{i}": [] for i in range(3)}
+
+    async def run():
+        stream = replica.generate_batch(batch(params))
+        tokens = {name: [] for name in sizes}
+        async for batch_message in stream:
+            for message in batch_message.chunks:
+                if message.chunk is not None and message.chunk.token_ids:
+                    sizes[message.request_id].append(len(message.chunk.token_ids))
+                    tokens[message.request_id] += message.chunk.token_ids
+        return tokens
+
+    tokens = asyncio.run(run())
+    assert [tokens[f"r{i}"] for i in range(3)] == expected_tokens(params)
+    assert all(group == [1, 3, 3, 1] for group in sizes.values()), sizes
+    replica.engine.shutdown()
+
+
+def test_aborting_one_request_of_a_batch_frees_it_alone():
+    replica = ModelReplica(load_app_config(ARGS))
+    params = SamplingParams(max_tokens=40, temperature=0, ignore_eos=True)
+    seen_running: list[int] = []
+
+    def abort_r1_once_started(tokens: dict[str, list[int]]) -> None:
+        if tokens["r1"] and not seen_running:
+            seen_running.append(replica.engine.stats().num_running)
+            replica.batches.abort(["r1", "unknown-id"])
+
+    tokens, finals = asyncio.run(collect(replica, batch(params), abort_r1_once_started))
+    expected = expected_tokens(params)
+    assert seen_running == [3]
+    assert finals["r1"].chunk is None and finals["r1"].error is None  # aborted
+    assert 0 < len(tokens["r1"]) < 40 and tokens["r1"] == expected[1][: len(tokens["r1"])]
+    assert (tokens["r0"], tokens["r2"]) == (expected[0], expected[2])
+    stats = replica.engine.stats()
+    assert (stats.num_running, stats.num_waiting, stats.num_used_kv_blocks) == (0, 0, 0)
+    assert replica.num_cancelled_streams == 1
+    assert replica.batches.num_live_requests == 0
+    replica.engine.shutdown()
+
+
+def test_a_rejected_request_ends_with_its_error_and_the_others_complete():
+    replica = ModelReplica(load_app_config(ARGS))
+    params = SamplingParams(max_tokens=4, temperature=0)
+    requests = batch(params, [PROMPTS[0], [10**9], PROMPTS[2]])
+    tokens, finals = asyncio.run(collect(replica, requests))
+    assert isinstance(finals["r1"].error, RequestError)
+    assert "prompt token ids" in str(finals["r1"].error)
+    expected = expected_tokens(params)
+    assert (tokens["r0"], tokens["r2"]) == (expected[0], expected[2])
+    replica.engine.shutdown()
+
+
+def test_closing_the_batch_stream_aborts_every_request():
+    replica = ModelReplica(load_app_config(ARGS))
+    params = SamplingParams(max_tokens=200, temperature=0, ignore_eos=True)
+
+    async def run():
+        stream = replica.generate_batch(batch(params))
+        await anext(stream)  # some tokens
+        await stream.aclose()
+        for _ in range(100):
+            stats = replica.engine.stats()
+            if stats.num_running == stats.num_used_kv_blocks == 0:
+                break
+            await asyncio.sleep(0.02)
+        return stats
+
+    stats = asyncio.run(run())
+    assert (stats.num_running, stats.num_used_kv_blocks) == (0, 0)
+    assert replica.num_cancelled_streams == 3
+    replica.engine.shutdown()
