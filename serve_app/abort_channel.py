@@ -1,17 +1,18 @@
-"""AbortChannel: how the batcher aborts ONE request of a batch on the replica running it.
+"""AbortChannel: how a caller aborts ONE request of a batch call on the replica serving it.
 
-Serve routes every handle call on its own, so an `abort(request_id)` call made through the
-replica deployment's handle could land on a different replica than the batch. Instead each
-model replica owns one small AbortChannel actor (no CPU, on the replica's node) and names
-it in the first message of every batch stream; the batcher sends aborts straight to that
-actor, and the replica long-polls it (`take`) and cancels those requests, which aborts them
-in the engine and frees their KV blocks. The actor is owned by the replica, so it dies with
-it; if the actor dies the replica starts a new one for later batches. Cancelling a whole
-batch needs no channel: cancelling the batch stream cancels its requests.
+Both hops of the graph are batch calls (`generate_batch`: ingress -> batcher, batcher ->
+model replica). Serve routes every handle call on its own, so an `abort(request_id)` call
+made through a deployment handle could land on a different replica than the batch.
+Instead each server replica owns one small AbortChannel actor (no CPU, on its node) and
+names it in the first message of every batch stream; the caller sends aborts straight to
+that actor, and the server long-polls it (`take`) and cancels those requests. The actor
+is owned by the server replica, so it dies with it; if the actor dies the replica starts
+a new one for later batches. Cancelling a whole batch needs no channel: cancelling the
+batch stream cancels its requests.
 
 The stream carries the actor's name (a named actor in ABORT_CHANNEL_NAMESPACE), not its
-handle; the batcher's AbortSender looks a name up once, off its event loop, the first time
-it has an abort for that replica, so the common path (no abort) costs nothing.
+handle; the caller's AbortSender looks a name up once, off its event loop, the first time
+it has an abort for that server, so the common path (no abort) costs nothing.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class AbortChannel:
 
 
 class AbortListener:
-    """Inside a replica: owns its AbortChannel and applies what arrives on it."""
+    """Inside a server replica: owns its AbortChannel and applies what arrives on it."""
 
     def __init__(self, on_abort: Callable[[list[str]], None]) -> None:
         self._on_abort = on_abort
@@ -93,13 +94,30 @@ class AbortListener:
         self._task.cancel()
 
 
+class LazyAbortListener:
+    """An AbortListener started on first use, and only inside a Ray actor: a server object
+    used without Ray (unit tests) names no channel."""
+
+    def __init__(self, on_abort: Callable[[list[str]], None]) -> None:
+        self._on_abort = on_abort
+        self._listener: AbortListener | None = None
+
+    def channel_name(self) -> str | None:
+        if self._listener is None:
+            inside_an_actor = ray.is_initialized() and ray.get_runtime_context().get_actor_id()
+            if not inside_an_actor:
+                return None
+            self._listener = AbortListener(self._on_abort)
+        return self._listener.channel_name
+
+
 def lookup_abort_channel(name: str) -> Any:
     """The AbortChannel actor handle of that name (blocking: a GCS lookup)."""
     return ray.get_actor(name, namespace=ABORT_CHANNEL_NAMESPACE)
 
 
 class AbortSender:
-    """Inside the batcher: sends request ids to the AbortChannel a batch stream named.
+    """Inside a caller (ingress, batcher): sends ids to the AbortChannel a batch stream named.
 
     `send` never blocks the event loop: the first abort for a channel looks its name up in a
     worker thread (then the handle is cached); later ones go straight out. A channel that

@@ -39,14 +39,21 @@ def token_source(config: AppConfig, replica: Application) -> Application:
     return serve.deployment(Batcher).options(**batcher_options(config)).bind(config, replica)
 
 
+# Serve calls a deployment replica may hold beyond its share of the admission bound:
+# health checks, /v1/models and calls still closing.
+CALL_MARGIN = 16
+
+
+def calls_per_replica(config: AppConfig, num_replicas: int) -> int:
+    """A replica's share of the admission bound: every call carries at least one request,
+    so Serve's own limits, derived from it, never refuse what admission let in."""
+    return -(-config.admission_bound // num_replicas) + CALL_MARGIN
+
+
 def batcher_options(config: AppConfig) -> dict[str, Any]:
     settings = config.batcher
     return {
-        "name": BATCHER_NAME,
-        "num_replicas": settings.num_replicas,
-        "ray_actor_options": {"num_cpus": settings.num_cpus},
-        "max_ongoing_requests": settings.max_ongoing_requests,
-        "max_queued_requests": settings.max_queued_requests,
+        **settings.serve_options(BATCHER_NAME, calls_per_replica(config, settings.num_replicas)),
         "user_config": dict(settings.policy),  # the policy knobs: live via reconfigure
     }
 
@@ -54,18 +61,15 @@ def batcher_options(config: AppConfig) -> dict[str, Any]:
 def replica_options(config: AppConfig) -> dict[str, Any]:
     settings = config.replica
     options: dict[str, Any] = {
-        "name": REPLICA_NAME,
+        **settings.serve_options(REPLICA_NAME, calls_per_replica(config, settings.max_replicas)),
         "ray_actor_options": {"num_cpus": settings.num_cpus, "num_gpus": settings.num_gpus},
-        "max_ongoing_requests": settings.max_ongoing_requests,
-        "max_queued_requests": settings.max_queued_requests,
         "health_check_period_s": settings.health_check_period_s,
         "health_check_timeout_s": settings.health_check_timeout_s,
         "graceful_shutdown_timeout_s": settings.graceful_shutdown_timeout_s,
     }
     if settings.autoscaling is not None:
+        del options["num_replicas"]
         options["autoscaling_config"] = settings.autoscaling.model_dump()
-    else:
-        options["num_replicas"] = settings.num_replicas
     if config.engine.tensor_parallel_size > 1:
         options["placement_group_bundles"] = rank_bundles(config)
         options["placement_group_strategy"] = "STRICT_PACK"  # one node: NCCL/gloo on its IP
@@ -83,11 +87,7 @@ def rank_bundles(config: AppConfig) -> list[dict[str, float]]:
 def ingress_options(config: AppConfig) -> dict[str, Any]:
     settings = config.ingress
     return {
-        "name": INGRESS_NAME,
-        "num_replicas": settings.num_replicas,
-        "ray_actor_options": {"num_cpus": settings.num_cpus},
-        "max_ongoing_requests": settings.max_ongoing_requests,
-        "max_queued_requests": settings.max_queued_requests,
+        **settings.serve_options(INGRESS_NAME, calls_per_replica(config, settings.num_replicas)),
         # If the ingress itself is full, the proxy answers 429 + Retry-After, not 503.
         "backpressure_config": {
             "status_code": 429,

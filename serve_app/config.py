@@ -49,28 +49,55 @@ class AutoscalingSettings(_Section):
         return self
 
 
-class ReplicaSettings(_Section):
-    """The model replica deployment: how many, how big, how much each admits."""
+class DeploymentSettings(_Section):
+    """The Serve knobs every deployment of the graph has, declared once.
+
+    `max_ongoing_requests` / `max_queued_requests` left unset are derived from the app's
+    admission bound (`AppConfig.admission_bound`), so Serve never turns a request away
+    before the ingress's own admission control does (serve_app/ingress/admission.py).
+    """
 
     num_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(0.25, ge=0)
+    max_ongoing_requests: int | None = Field(None, ge=1)  # Serve calls at once per replica
+    max_queued_requests: int | None = Field(None, ge=-1)  # calls waiting; -1 = unbounded
+
+    def serve_options(self, name: str, derived_ongoing: int) -> dict[str, Any]:
+        """Serve's deployment options for these knobs."""
+        return {
+            "name": name,
+            "num_replicas": self.num_replicas,
+            "ray_actor_options": {"num_cpus": self.num_cpus},
+            "max_ongoing_requests": self.max_ongoing_requests or derived_ongoing,
+            "max_queued_requests": (
+                derived_ongoing if self.max_queued_requests is None else self.max_queued_requests
+            ),
+        }
+
+
+class ReplicaSettings(DeploymentSettings):
+    """The model replica deployment: how many, how big, how much each admits."""
+
     autoscaling: AutoscalingSettings | None = None
     # Per tensor-parallel rank: with engine.tensor_parallel_size N > 1 the replica gets a
     # placement group of N such bundles (num_gpus 1 on a GPU node, 0 on CPU).
     num_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
-    max_ongoing_requests: int = Field(16, ge=1)  # concurrent streams per replica
-    max_queued_requests: int = Field(16, ge=-1)  # waiting for a replica; -1 = unbounded
     health_check_period_s: float = Field(10.0, gt=0)
     health_check_timeout_s: float = Field(30.0, gt=0)
     graceful_shutdown_timeout_s: float = Field(20.0, ge=0)
     # An engine loop silent this long is unhealthy; its idle loop wakes every second, so >= 2.
     stall_timeout_s: float = Field(60.0, ge=2.0)
-    # Tokens per streamed message after the first (serve_app/replica/chunk_coalescer.py): 1 streams
-    # every token at once; N holds a request's tokens until N are ready or it finishes.
+    # Tokens per streamed message after the first (serve_app/replica/chunk_coalescer.py): 1
+    # streams every token at once; N holds a request's tokens until N are ready or it ends.
     stream_interval_tokens: int = Field(1, ge=1, le=4096)
 
+    @property
+    def max_replicas(self) -> int:
+        return self.autoscaling.max_replicas if self.autoscaling else self.num_replicas
 
-class BatcherSettings(_Section):
+
+class BatcherSettings(DeploymentSettings):
     """The adaptive micro-batcher between the ingress and the model replicas.
 
     `policy` holds the knobs of serve_app/batcher/policy.py (target_ttft_ms, max_batch_size,
@@ -79,10 +106,6 @@ class BatcherSettings(_Section):
     """
 
     enabled: bool = True  # false: the ingress calls the model replicas directly
-    num_replicas: int = Field(1, ge=1)
-    num_cpus: float = Field(0.25, ge=0)
-    max_ongoing_requests: int = Field(64, ge=1)  # requests held (queued or forwarded)
-    max_queued_requests: int = Field(64, ge=-1)  # waiting for a batcher; -1 = unbounded
     policy: dict[str, int | float] = Field(default_factory=dict)
 
     @field_validator("policy")
@@ -92,13 +115,33 @@ class BatcherSettings(_Section):
         return policy
 
 
-class IngressSettings(_Section):
-    """The HTTP ingress deployment (CPU only: tokenization, detokenization, SSE)."""
+class IngressSettings(DeploymentSettings):
+    """The HTTP/gRPC ingress deployment (CPU only: tokenization, detokenization, SSE)."""
 
-    num_replicas: int = Field(1, ge=1)
-    num_cpus: float = Field(0.25, ge=0)
-    max_ongoing_requests: int = Field(256, ge=1)
-    max_queued_requests: int = Field(256, ge=-1)
+
+class AdmissionSettings(_Section):
+    """How many requests the app holds before it answers 429 + Retry-After.
+
+    The bound is what the model replicas can run at once (engine.max_num_seqs x replicas)
+    plus a queue: the requests the replicas are measured to finish within
+    `max_queue_wait_s` (requests finished per second x that wait), kept between
+    `min_queued_requests` and `max_queued_requests`. `max_requests` replaces the derived
+    bound outright (no measurement).
+    """
+
+    max_queue_wait_s: float = Field(30.0, ge=0)
+    min_queued_requests: int = Field(128, ge=0)
+    max_queued_requests: int = Field(1024, ge=0)
+    max_requests: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AdmissionSettings:
+        if self.min_queued_requests > self.max_queued_requests:
+            raise ValueError(
+                f"min_queued_requests ({self.min_queued_requests}) must be <= "
+                f"max_queued_requests ({self.max_queued_requests})"
+            )
+        return self
 
 
 class LimitSettings(_Section):
@@ -143,6 +186,7 @@ class AppConfig(_Section):
     ingress: IngressSettings = Field(default_factory=IngressSettings)
     batcher: BatcherSettings = Field(default_factory=BatcherSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @model_validator(mode="before")
@@ -177,6 +221,19 @@ class AppConfig(_Section):
         if self.engine.device == "cuda" and self.replica.num_gpus == 0:
             raise ValueError("engine.device is 'cuda': set replica.num_gpus to 1 (per rank)")
         return self
+
+    @property
+    def running_capacity(self) -> int:
+        """Requests the model replicas run at once, all replicas together (at most)."""
+        return self.engine.max_num_seqs * self.replica.max_replicas
+
+    @property
+    def admission_bound(self) -> int:
+        """The most requests the app ever holds, running and queued (whatever it measures)."""
+        settings = self.admission
+        if settings.max_requests is not None:
+            return settings.max_requests
+        return self.running_capacity + settings.max_queued_requests
 
     @property
     def model_name(self) -> str:

@@ -1,24 +1,20 @@
 """Batcher: the adaptive micro-batcher deployment between the ingress and the model replicas.
 
-The ingress calls `generate(prompt_ids, params, request_id)` exactly as it would call a
-replica (it only sees a TokenStreamer). Each call joins a queue; a flusher task asks the
-AdaptiveBatchPolicy (serve_app/batcher/policy.py) when to forward and how many, and forwards
-that many of the oldest requests to a replica as ONE streaming `generate_batch` call. The
-replica's stream is demultiplexed back to each caller's stream, and every token is folded
-into the request's RequestState (serve_app/batcher/request_state.py), which is what a later failover
-resumes from. Policy knobs arrive as the deployment's `user_config` (`reconfigure`).
+It serves the same call it makes: `generate_batch(requests)`, many requests in, one stream
+of BatchMessages out (serve_app/messages.py). The ingress sends it the requests that
+arrived together; each joins a queue, and a flusher task asks the AdaptiveBatchPolicy
+(serve_app/batcher/policy.py) when to forward and how many, then forwards that many of
+the oldest requests to a replica as ONE `generate_batch` call (serve_app/batch_call.py).
+Each replica message is folded into every request's RequestState
+(serve_app/batcher/request_state.py: what a failover resumes from) and fanned out to the
+ingress streams those requests came from: one message per ingress stream per replica
+message, never one per token per request. Policy knobs arrive as the deployment's
+`user_config` (`reconfigure`).
 
-Cancellation. A caller that leaves while its request is still queued is just dropped from
-the queue. Once forwarded, Serve would route an `abort` call through the replica handle to
-any replica, not necessarily the one running the batch; so the first message of the
-replica's batch stream names its AbortChannel actor (serve_app/abort_channel.py), and
-the batcher sends the request id there: the replica cancels that request alone, aborting it
-in the engine and freeing its KV blocks, while the rest of the batch streams on. When the
-last live caller of a batch leaves, the batcher cancels the whole batch stream instead,
-which cancels everything it still runs. A leave before that first message arrives (during
-the batch's prefill) is queued and sent when it does. Batch calls run outside any caller's
-Serve request context, so that no caller's cancellation reaches a batch it shares with
-others.
+Cancellation. A request whose ingress stream aborts it (through this batcher's
+AbortChannel, serve_app/abort_channel.py), or whose whole ingress stream is cancelled,
+leaves: dropped from the queue if it is still there, else aborted on its replica through
+the BatchCall (which cancels the replica stream once none of its requests is left).
 """
 
 from __future__ import annotations
@@ -31,16 +27,15 @@ import os
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ray.exceptions import RayTaskError
-
-from serve_app.abort_channel import AbortSender
+from serve_app.abort_channel import AbortSender, LazyAbortListener
+from serve_app.batch_call import BatchCall
 from serve_app.batcher.policy import AdaptiveBatchPolicy, BatchPolicyConfig
 from serve_app.batcher.request_state import RequestState
 from serve_app.config import AppConfig
-from serve_app.engine.sampling_params import SamplingParams
-from serve_app.messages import BatchRequest, TaggedChunk, TokenChunk
+from serve_app.engine.async_engine import Mailbox
+from serve_app.messages import BatchMessage, BatchRequest, TaggedChunk
 from serve_app.metrics import BatcherMetrics
 
 logger = logging.getLogger(__name__)
@@ -48,42 +43,14 @@ logger = logging.getLogger(__name__)
 FLUSHER_ERROR_PAUSE_S = 0.01  # after an unexpected flusher error, before deciding again
 
 
-class ReplicaAbortedError(RuntimeError):
-    """The replica ended a request the batcher had not asked it to abort."""
-
-
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Waiter:
-    """One caller inside the batcher: its request's state and the chunks owed to it."""
+    """One request inside the batcher: its state, its ingress stream, its replica call."""
 
     state: RequestState
     arrived_s: float
-    chunks: asyncio.Queue = field(default_factory=asyncio.Queue)  # TokenChunk | BaseException
-    batch: _Batch | None = None  # None while queued
-
-
-@dataclass(eq=False)
-class _Batch:
-    """One forwarded call: the callers still waiting for its tokens, by request id."""
-
-    batch_id: int
-    live: dict[str, _Waiter]
-    sender: AbortSender
-    task: asyncio.Task | None = None
-    abort_channel: str | None = None  # the replica's AbortChannel name, from the stream
-    unsent_aborts: list[str] = field(default_factory=list)
-
-    def abort(self, request_id: str) -> None:
-        if self.abort_channel is None:
-            self.unsent_aborts.append(request_id)
-        else:
-            self.sender.send(self.abort_channel, [request_id])
-
-    def started(self, abort_channel: str) -> None:
-        self.abort_channel = abort_channel
-        if self.unsent_aborts:
-            self.sender.send(abort_channel, self.unsent_aborts)
-            self.unsent_aborts = []
+    outbox: Mailbox  # the ingress stream it came in on (TaggedChunks)
+    call: BatchCall | None = None  # None while queued
 
 
 class Batcher:
@@ -95,9 +62,10 @@ class Batcher:
         self.batch_size_counts: Counter[int] = Counter()
         self._replica = replica_handle.options(stream=True, method_name="generate_batch")
         self._abort_sender = abort_sender or AbortSender()
+        self._abort_listener = LazyAbortListener(on_abort=self.abort_requests)
         self._queue: deque[_Waiter] = deque()
-        self._live: dict[str, RequestState] = {}
-        self._batches: set[_Batch] = set()
+        self._live: dict[str, _Waiter] = {}
+        self._calls: set[BatchCall] = set()
         self._arrived = asyncio.Event()
         self._flusher: asyncio.Task | None = None
         self._next_batch_id = 0
@@ -106,33 +74,37 @@ class Batcher:
         """Serve calls this with the deployment's user_config: the policy knobs, live."""
         self.policy.reconfigure(user_config)
 
-    async def generate(
-        self, prompt_ids: list[int], params: SamplingParams, request_id: str
-    ) -> AsyncIterator[TokenChunk]:
+    async def generate_batch(self, requests: list[BatchRequest]) -> AsyncIterator[BatchMessage]:
+        """Queue the requests; stream every one's chunks back, many per message."""
         if self._flusher is None:
             # A fresh context: Serve's request context (a contextvar) would otherwise make
-            # every forwarded batch a child of this first request, and cancelling that
-            # request would cancel batch calls still waiting for a replica.
+            # the flusher a child of this first call.
             self._flusher = asyncio.get_running_loop().create_task(
                 self._flush_forever(), context=contextvars.Context()
             )
-        waiter = _Waiter(RequestState(request_id, list(prompt_ids), params), time.monotonic())
-        self._queue.append(waiter)
-        self._live[request_id] = waiter.state
-        self.policy.record_arrival()
+        outbox = Mailbox.on_running_loop()
+        now = time.monotonic()
+        open_ids = set()
+        for request in requests:
+            state = RequestState(request.request_id, list(request.prompt_ids), request.params)
+            waiter = _Waiter(state, now, outbox)
+            self._queue.append(waiter)
+            self._live[request.request_id] = waiter
+            open_ids.add(request.request_id)
+        self.policy.record_arrival(len(requests))
         self._arrived.set()
+        abort_channel = self._abort_listener.channel_name()
         try:
-            while True:
-                item = await waiter.chunks.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finished:
-                    return
+            while open_ids:
+                chunks = await outbox.take()
+                for tagged in chunks:
+                    if tagged.final:
+                        open_ids.discard(tagged.request_id)
+                yield BatchMessage(chunks, abort_channel)
+                abort_channel = None  # named in the first message only
         finally:
-            self._live.pop(request_id, None)
-            if not waiter.state.finished:
-                self._leave(waiter)
+            for request_id in open_ids:  # the ingress cancelled the stream
+                self._leave(request_id)
 
     async def stats(self) -> dict:
         """Queue and batch counters, the policy's knobs and estimates (for tests, debugging)."""
@@ -141,7 +113,7 @@ class Batcher:
             "pid": os.getpid(),
             "num_queued": len(self._queue),
             "num_live_requests": len(self._live),
-            "num_batches_running": len(self._batches),
+            "num_batches_running": len(self._calls),
             "batch_size_counts": dict(self.batch_size_counts),
             "policy": self.policy.config.to_dict(),
             "window_s": snapshot.window_s,
@@ -151,25 +123,27 @@ class Batcher:
 
     async def live_requests(self) -> dict[str, RequestState]:
         """The state of every request not yet finished, by request id."""
-        return dict(self._live)
+        return {request_id: waiter.state for request_id, waiter in self._live.items()}
 
     # ---- leaving ------------------------------------------------------------------------
-    def _leave(self, waiter: _Waiter) -> None:
-        """The caller left before its request finished: stop the work done for it."""
-        request_id = waiter.state.request_id
-        batch = waiter.batch
-        if batch is None:
-            waiter.state.cancelled = True
-            self._queue.remove(waiter)  # nothing reached a replica yet
-            return
-        if batch.live.pop(request_id, None) is None:
-            return  # it already ended with an error
+    def abort_requests(self, request_ids: list[str]) -> None:
+        """From this batcher's AbortChannel: the ingress dropped these requests."""
+        for request_id in request_ids:
+            waiter = self._live.get(request_id)
+            if self._leave(request_id):
+                waiter.outbox.put([TaggedChunk(request_id, None)])
+
+    def _leave(self, request_id: str) -> bool:
+        """Stop the work done for a request whose caller left; False if it had ended."""
+        waiter = self._live.pop(request_id, None)
+        if waiter is None:
+            return False
         waiter.state.cancelled = True
-        if batch.live:
-            batch.abort(request_id)
+        if waiter.call is None:
+            self._queue.remove(waiter)  # nothing reached a replica yet
         else:
-            assert batch.task is not None
-            batch.task.cancel()  # nobody left: cancelling the stream stops the whole batch
+            waiter.call.leave(request_id)
+        return True
 
     # ---- flushing -----------------------------------------------------------------------
     async def _flush_forever(self) -> None:
@@ -191,66 +165,37 @@ class Batcher:
             await asyncio.wait_for(self._arrived.wait(), decision.wait_s)
 
     def _forward(self, waiters: list[_Waiter]) -> None:
-        batch = _Batch(
-            self._next_batch_id, {w.state.request_id: w for w in waiters}, self._abort_sender
+        requests = [
+            BatchRequest(w.state.request_id, w.state.prompt_ids, w.state.params) for w in waiters
+        ]
+        call = BatchCall(
+            self._replica,
+            requests,
+            self._deliver,
+            self._abort_sender,
+            on_first_token=self.policy.record_forward_latency,
         )
-        self._next_batch_id += 1
         now = time.monotonic()
         for waiter in waiters:
-            waiter.batch = batch
-            waiter.state.batch_id = batch.batch_id
+            waiter.call = call
+            waiter.state.batch_id = self._next_batch_id
+        self._next_batch_id += 1
         self.metrics.record_batch([now - waiter.arrived_s for waiter in waiters])
         self.batch_size_counts[len(waiters)] += 1
-        batch.task = asyncio.get_running_loop().create_task(self._run(batch))
-        self._batches.add(batch)
-        batch.task.add_done_callback(lambda _: self._batches.discard(batch))
+        self._calls.add(call)
+        call.start().add_done_callback(lambda _: self._calls.discard(call))
 
-    async def _run(self, batch: _Batch) -> None:
-        """Forward one batch and hand each request's chunks to its caller."""
-        requests = [
-            BatchRequest(w.state.request_id, w.state.prompt_ids, w.state.params)
-            for w in batch.live.values()
-        ]
-        started_s = time.monotonic()
-        responses = self._replica.remote(requests)
-        stream_ended = False
-        awaiting_first_token = True
-        try:
-            async for message in responses:
-                if message.abort_channel is not None:
-                    batch.started(message.abort_channel)
-                if awaiting_first_token and any(m.chunk is not None for m in message.chunks):
-                    self.policy.record_forward_latency(time.monotonic() - started_s)
-                    awaiting_first_token = False
-                for tagged in message.chunks:
-                    self._deliver(batch, tagged)
-            stream_ended = True
-            self._fail(batch, RuntimeError("the replica's batch stream ended early"))
-        except asyncio.CancelledError:  # by _leave once nobody waits; else tell those left
-            self._fail(batch, ReplicaAbortedError("the batch call was cancelled"))
-            raise
-        except Exception as error:  # the replica or the call failed: tell every caller
-            stream_ended = True
-            self._fail(batch, error.cause if isinstance(error, RayTaskError) else error)
-        finally:
-            if not stream_ended:
-                responses.cancel()
-
-    def _deliver(self, batch: _Batch, tagged: TaggedChunk) -> None:
-        waiter = batch.live.get(tagged.request_id)
-        if waiter is None:
-            return  # its caller left; the abort is on its way to the replica
-        if tagged.chunk is not None:
-            waiter.state.record(tagged.chunk)
-            waiter.chunks.put_nowait(tagged.chunk)
-        else:
-            waiter.chunks.put_nowait(
-                tagged.error or ReplicaAbortedError(f"request {tagged.request_id} was aborted")
-            )
-        if tagged.final:
-            del batch.live[tagged.request_id]
-
-    def _fail(self, batch: _Batch, error: BaseException) -> None:
-        for waiter in batch.live.values():
-            waiter.chunks.put_nowait(error)
-        batch.live.clear()
+    def _deliver(self, chunks: list[TaggedChunk]) -> None:
+        """One replica message: fold each chunk into its request, one put per ingress stream."""
+        by_outbox: dict[Mailbox, list[TaggedChunk]] = {}
+        for tagged in chunks:
+            waiter = self._live.get(tagged.request_id)
+            if waiter is None:
+                continue  # its caller left; the abort is on its way to the replica
+            if tagged.chunk is not None:
+                waiter.state.record(tagged.chunk)
+            if tagged.final:
+                del self._live[tagged.request_id]
+            by_outbox.setdefault(waiter.outbox, []).append(tagged)
+        for outbox, items in by_outbox.items():
+            outbox.put(items)

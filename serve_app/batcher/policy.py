@@ -138,9 +138,10 @@ class AdaptiveBatchPolicy:
         self.config = config
 
     # ---- observations -----------------------------------------------------------------
-    def record_arrival(self) -> None:
-        """A request joined the queue now."""
-        self._arrivals_s.append(self._clock())
+    def record_arrival(self, count: int = 1) -> None:
+        """`count` requests joined the queue now."""
+        now = self._clock()
+        self._arrivals_s.extend([now] * count)
 
     def record_forward_latency(self, seconds: float) -> None:
         """A forwarded batch produced its first token `seconds` after the call started."""

@@ -1,16 +1,15 @@
-"""AsyncEngine: the LLMEngine stepping in a background thread, with per-request async streams.
+"""AsyncEngine: the LLMEngine stepping in a background thread, with async output sinks.
 
-Only the engine thread touches the LLMEngine; callers talk to it through a command queue,
-and outputs come back through each request's asyncio.Queue on the caller's event loop.
-Leaving a stream early (cancellation, `aclose`, an exception) aborts the request and frees
-its KV blocks.
+Only the engine thread touches the LLMEngine; callers talk to it through a command queue.
+Outputs come back through `Mailbox`es: a caller registers many requests with one mailbox
+and receives ONE list per engine step holding all of their outputs (one wake-up of the
+caller's event loop per step, whatever the number of requests). `generate` is the
+one-request form. Aborting a request (or leaving `generate` early) frees its KV blocks.
 
 The engine thread also builds the LLMEngine, so that loading and stepping run their OpenMP
-work (torch's CPU ops, oneDNN, the native kernels) on one thread. Every thread that opens
-OpenMP regions gets a pool of worker threads from libgomp; once more pool threads exist
-than CPUs, libgomp stops letting idle workers spin and each region pays a sleeping worker's
-wake-up (~60 us here, ~80 regions per step of the `bench` model): decoding one request ran
-at 13.9 ms per token against 6.6 ms with one pool (bench/README.md).
+work on one thread: each extra thread that opens OpenMP regions gets its own libgomp pool,
+and more pool threads than CPUs made every region pay a sleeping worker's wake-up
+(bench/README.md, "one OpenMP pool").
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from serve_app.engine.config import EngineConfig
 from serve_app.engine.engine import EngineStats, LLMEngine
@@ -35,14 +34,48 @@ class EngineDeadError(RuntimeError):
 
 
 @dataclass(slots=True)
-class _Stream:
-    loop: asyncio.AbstractEventLoop
-    outputs: asyncio.Queue
+class RequestFailure:
+    """A request that ended without output: rejected (`error` set) or aborted (None)."""
 
-    def push(self, item: RequestOutput | BaseException) -> None:
+    request_id: str
+    error: BaseException | None = None
+
+
+SinkItem = RequestOutput | RequestFailure
+
+
+@dataclass(eq=False, slots=True)
+class Mailbox:
+    """One consumer's inbox on its event loop: items arrive in lists (`push` from any
+    thread, `put` on the loop) and `take` returns everything since the last take. The
+    engine pushes one list per step; the serving layers fan out through them too."""
+
+    loop: asyncio.AbstractEventLoop
+    pending: list = field(default_factory=list)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @classmethod
+    def on_running_loop(cls) -> Mailbox:
+        return cls(asyncio.get_running_loop())
+
+    def push(self, items: list) -> None:
+        """From any thread: hand over one step's items (one loop wake-up)."""
         # A closed caller loop raises RuntimeError: nobody is listening any more.
         with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self.outputs.put_nowait, item)
+            self.loop.call_soon_threadsafe(self.put, items)
+
+    def put(self, items: list) -> None:
+        """On the caller's loop."""
+        self.pending.extend(items)
+        self.ready.set()
+
+    async def take(self) -> list:
+        """Everything delivered since the last take (waits for at least one item)."""
+        while not self.pending:
+            self.ready.clear()
+            await self.ready.wait()
+        items, self.pending = self.pending, []
+        return items
 
 
 class AsyncEngine:
@@ -60,7 +93,7 @@ class AsyncEngine:
         self._built = threading.Event()
         self.stall_timeout_s = stall_timeout_s
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
-        self._streams: dict[str, _Stream] = {}
+        self._sinks: dict[str, Mailbox] = {}  # live request id -> where its outputs go
         self._wakeup = threading.Event()
         self._stopped = threading.Event()
         self._error: BaseException | None = None
@@ -73,6 +106,27 @@ class AsyncEngine:
             raise self._error
 
     # ---- caller side ------------------------------------------------------------------
+    def add_requests(
+        self, requests: list[tuple[str, list[int], SamplingParams]], sink: Mailbox
+    ) -> None:
+        """Queue (request_id, prompt ids, params) triples whose outputs go to `sink`. An
+        invalid request is not queued: its RequestFailure goes to the sink at once."""
+        self._raise_if_dead()
+        accepted = []
+        rejected: list[SinkItem] = []
+        for request_id, prompt_token_ids, params in requests:
+            try:
+                self.engine.validate_request(prompt_token_ids, params)
+            except ValueError as error:
+                rejected.append(RequestFailure(request_id, error))
+                continue
+            self._sinks[request_id] = sink
+            accepted.append((request_id, list(prompt_token_ids), params))
+        if rejected:
+            sink.put(rejected)
+        if accepted:
+            self._send(("add", accepted))
+
     async def generate(
         self,
         prompt_token_ids: list[int],
@@ -84,24 +138,24 @@ class AsyncEngine:
         self._raise_if_dead()
         self.engine.validate_request(prompt_token_ids, sampling_params)
         request_id = request_id or uuid.uuid4().hex
-        stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())
-        self._streams[request_id] = stream
-        self._send(("add", request_id, list(prompt_token_ids), sampling_params))
+        sink = Mailbox.on_running_loop()
+        self.add_requests([(request_id, prompt_token_ids, sampling_params)], sink)
         finished = False
         try:
             while not finished:
-                item = await stream.outputs.get()
-                if isinstance(item, BaseException):
-                    raise item
-                finished = item.finished
-                yield item
+                for item in await sink.take():
+                    if isinstance(item, RequestFailure):
+                        raise item.error or EngineDeadError(f"request {request_id} was aborted")
+                    finished = item.finished
+                    yield item
         finally:
-            self._streams.pop(request_id, None)
             if not finished:
                 self.abort(request_id)
 
     def abort(self, request_id: str) -> None:
-        self._send(("abort", request_id))
+        """Stop a request and free its KV blocks; its sink hears nothing more of it."""
+        if self._sinks.pop(request_id, None) is not None:
+            self._send(("abort", request_id))
 
     def check_health(self) -> None:
         """Raise EngineDeadError if the loop died or has work but made no progress lately."""
@@ -118,7 +172,8 @@ class AsyncEngine:
 
     @property
     def num_active_streams(self) -> int:
-        return len(self._streams)
+        """Requests whose outputs someone still waits for."""
+        return len(self._sinks)
 
     def shutdown(self) -> None:
         self._stopped.set()
@@ -148,18 +203,36 @@ class AsyncEngine:
             while not self._stopped.is_set():
                 self._apply_commands()
                 if self.engine.has_unfinished_requests():
-                    for output in self.engine.step():
-                        stream = self._streams.get(output.request_id)
-                        if stream is not None:
-                            stream.push(output)
+                    self._deliver(self.engine.step())
                 else:
                     self._wakeup.wait(timeout=1.0)
                     self._wakeup.clear()
                 self._last_progress = time.monotonic()
         except BaseException as error:  # every failure must reach the callers
             self._error = error
-            for stream in list(self._streams.values()):
-                stream.push(EngineDeadError(f"the engine loop failed: {error!r}"))
+            dead = EngineDeadError(f"the engine loop failed: {error!r}")
+            self._deliver_to_all(lambda request_id: RequestFailure(request_id, dead))
+
+    def _deliver(self, outputs: list[RequestOutput]) -> None:
+        """One push per sink per step, however many of its requests produced a token."""
+        by_sink: dict[Mailbox, list[SinkItem]] = {}
+        for output in outputs:
+            sink = self._sinks.get(output.request_id)
+            if sink is None:
+                continue  # aborted while the step ran
+            if output.finished:
+                self._sinks.pop(output.request_id, None)
+            by_sink.setdefault(sink, []).append(output)
+        for sink, items in by_sink.items():
+            sink.push(items)
+
+    def _deliver_to_all(self, item_for: Callable[[str], SinkItem]) -> None:
+        by_sink: dict[Mailbox, list[SinkItem]] = {}
+        for request_id, sink in list(self._sinks.items()):
+            by_sink.setdefault(sink, []).append(item_for(request_id))
+        self._sinks.clear()
+        for sink, items in by_sink.items():
+            sink.push(items)
 
     def _apply_commands(self) -> None:
         while True:
@@ -168,12 +241,13 @@ class AsyncEngine:
             except queue.Empty:
                 return
             if command[0] == "add":
-                _, request_id, prompt_token_ids, params = command
-                if request_id not in self._streams:
-                    continue  # the caller left before the engine saw the request
-                try:
-                    self.engine.add_request(prompt_token_ids, params, request_id)
-                except ValueError as error:
-                    self._streams[request_id].push(error)
+                for request_id, prompt_token_ids, params in command[1]:
+                    if request_id not in self._sinks:
+                        continue  # the caller left before the engine saw the request
+                    try:
+                        self.engine.add_request(prompt_token_ids, params, request_id)
+                    except ValueError as error:
+                        sink = self._sinks.pop(request_id)
+                        sink.push([RequestFailure(request_id, error)])
             else:
                 self.engine.abort(command[1])

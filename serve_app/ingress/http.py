@@ -19,6 +19,7 @@ from ray import serve
 from serve_app.config import AppConfig
 from serve_app.engine.tiny import resolve_model_dir
 from serve_app.ingress import sse
+from serve_app.ingress.admission import Admission, AdmittedTokenStreamer
 from serve_app.ingress.auth import ApiKeys
 from serve_app.ingress.choices import build_choices, chat_prompt, completion_prompts
 from serve_app.ingress.downstream_errors import to_api_error
@@ -33,7 +34,7 @@ from serve_app.ingress.protocol import (
 )
 from serve_app.ingress.responses import ChoiceResult, ResponseBuilder
 from serve_app.ingress.text_stream import TextDelta, generate_choice, merge
-from serve_app.ingress.token_source import HandleTokenStreamer, TokenStreamer
+from serve_app.ingress.token_source import BatchingTokenStreamer, TokenStreamer
 from serve_app.ingress.validation import check_model, parse_request
 from serve_app.metrics import IngressMetrics
 
@@ -49,7 +50,11 @@ class OpenAIIngress(GrpcMethods):
         self.config = config
         self.limits = config.limits
         self.model_name = config.model_name
-        self.streamer = streamer or HandleTokenStreamer(model_handle)
+        self.streamer = AdmittedTokenStreamer(
+            streamer or BatchingTokenStreamer(model_handle),
+            Admission(config),
+            config.limits.retry_after_s,
+        )
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(config.model))
         self.api_keys = ApiKeys.from_settings(config.auth)
         self.metrics = IngressMetrics.create()

@@ -1,43 +1,23 @@
-"""Runs a batch of requests from the micro-batcher on a replica's AsyncEngine.
+"""Runs batches of requests on a replica's AsyncEngine: the replica side of a batch stream.
 
-`BatchRunner.run(requests)` starts every request on the engine at once (the engine's
-continuous batching does the rest) and yields `BatchMessage`s of `TaggedChunk`s as the
-engine produces them, the first naming the replica's AbortChannel. A request whose id
-arrives through `abort` (from that AbortChannel) is cancelled alone: its engine stream
-closes, which aborts it and frees its KV blocks, and the stream reports its end with an
-empty TaggedChunk. Cancelling the whole stream cancels every request of the batch. A request
-the engine rejects ends with its error; the others go on.
+`BatchRunner.run(requests)` hands every request of the batch to the engine with ONE
+Mailbox, so the engine thread wakes this event loop once per step for the whole batch,
+and yields one `BatchMessage` per wake-up holding each request's new tokens (grouped by
+`replica.stream_interval_tokens`, serve_app/replica/chunk_coalescer.py). No task or queue
+per request. A request whose id arrives through `abort` (from the replica's AbortChannel)
+is aborted alone: the engine frees its KV blocks and the stream reports its end with an
+empty TaggedChunk. Closing the stream (the caller cancelled) aborts every request still
+running. A request the engine rejects ends with its error; the others go on.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
 
-from serve_app.engine.async_engine import AsyncEngine
+from serve_app.engine.async_engine import AsyncEngine, Mailbox, RequestFailure
 from serve_app.engine.request_output import RequestOutput
-from serve_app.engine.sampling_params import SamplingParams
 from serve_app.messages import BatchMessage, BatchRequest, TaggedChunk, TokenChunk
 from serve_app.replica.chunk_coalescer import ChunkCoalescer
-
-
-async def token_chunks(
-    engine: AsyncEngine,
-    prompt_ids: list[int],
-    params: SamplingParams,
-    request_id: str,
-    stream_interval_tokens: int,
-) -> AsyncIterator[TokenChunk]:
-    """One request's engine outputs as TokenChunks, grouped by the stream interval
-    (serve_app/replica/chunk_coalescer.py); the last has `finished` set. Closing it early aborts
-    the request in the engine and frees its KV blocks."""
-    coalescer = ChunkCoalescer(stream_interval_tokens)
-    async with aclosing(engine.generate(prompt_ids, params, request_id)) as outputs:
-        async for output in outputs:
-            chunk = coalescer.add(chunk_from_output(output))
-            if chunk is not None:
-                yield chunk
 
 
 def chunk_from_output(output: RequestOutput) -> TokenChunk:
@@ -56,68 +36,70 @@ class BatchRunner:
         self,
         engine: AsyncEngine,
         stream_interval_tokens: int,
-        on_cancelled: Callable[[], None],
+        on_cancelled: Callable[[int], None],
     ) -> None:
         self._engine = engine
-        self._stream_interval_tokens = (
-            stream_interval_tokens  # serve_app/replica/chunk_coalescer.py
-        )
-        self._on_cancelled = on_cancelled  # one call per request that ends unfinished
-        self._tasks: dict[str, asyncio.Task] = {}  # live requests of every batch, by id
+        self._stream_interval_tokens = stream_interval_tokens
+        self._on_cancelled = on_cancelled  # called with the number of requests left unfinished
+        self._sinks: dict[str, Mailbox] = {}  # live requests of every batch, by id
 
     @property
     def num_live_requests(self) -> int:
-        return len(self._tasks)
+        return len(self._sinks)
 
-    def abort(self, request_ids: list[str]) -> None:
-        """Cancel single requests of running batches; ids not (or no longer) here are ignored."""
+    def abort_requests(self, request_ids: list[str]) -> None:
+        """Abort single requests of running batches; ids not (or no longer) here are ignored."""
         for request_id in request_ids:
-            task = self._tasks.get(request_id)
-            if task is not None:
-                task.cancel()
+            sink = self._sinks.pop(request_id, None)
+            if sink is not None:
+                self._engine.abort(request_id)
+                sink.put([RequestFailure(request_id)])
 
     async def run(
         self, requests: list[BatchRequest], abort_channel: str | None = None
     ) -> AsyncIterator[BatchMessage]:
-        outputs: asyncio.Queue[TaggedChunk] = asyncio.Queue()
-        tasks = {
-            request.request_id: asyncio.create_task(self._run_one(request, outputs))
-            for request in requests
+        sink = Mailbox.on_running_loop()
+        coalescers = {
+            request.request_id: ChunkCoalescer(self._stream_interval_tokens) for request in requests
         }
-        self._tasks.update(tasks)
+        for request in requests:
+            self._sinks[request.request_id] = sink
         try:
-            num_open = len(tasks)
-            while num_open:
-                chunks = [await outputs.get()]
-                while not outputs.empty():
-                    chunks.append(outputs.get_nowait())
-                num_open -= sum(chunk.final for chunk in chunks)
-                yield BatchMessage(chunks, abort_channel)
-                abort_channel = None  # named in the first message only
-        finally:
-            for request_id, task in tasks.items():
-                task.cancel()
-                self._tasks.pop(request_id, None)
-
-    async def _run_one(self, request: BatchRequest, outputs: asyncio.Queue) -> None:
-        finished = False
-        try:
-            chunks = token_chunks(
-                self._engine,
-                request.prompt_ids,
-                request.params,
-                request.request_id,
-                self._stream_interval_tokens,
+            self._engine.add_requests(
+                [(r.request_id, r.prompt_ids, r.params) for r in requests], sink
             )
-            async with aclosing(chunks):  # closing it aborts the request in the engine
-                async for chunk in chunks:
-                    finished = chunk.finished
-                    outputs.put_nowait(TaggedChunk(request.request_id, chunk))
-        except asyncio.CancelledError:
-            outputs.put_nowait(TaggedChunk(request.request_id, None))
-        except Exception as error:  # this request only: the batch goes on
-            outputs.put_nowait(TaggedChunk(request.request_id, None, error))
+            while coalescers:
+                chunks = self._tag(await sink.take(), coalescers)
+                if chunks:
+                    yield BatchMessage(chunks, abort_channel)
+                    abort_channel = None  # named in the first message only
         finally:
-            self._tasks.pop(request.request_id, None)
-            if not finished:
-                self._on_cancelled()
+            for request_id in coalescers:  # left unfinished: the caller cancelled the stream
+                if self._sinks.pop(request_id, None) is not None:
+                    self._engine.abort(request_id)
+            if coalescers:
+                self._on_cancelled(len(coalescers))
+
+    def _tag(self, items: list, coalescers: dict[str, ChunkCoalescer]) -> list[TaggedChunk]:
+        """One step's engine items as TaggedChunks; requests that end leave `coalescers`."""
+        chunks = []
+        for item in items:
+            request_id = item.request_id
+            coalescer = coalescers.get(request_id)
+            if coalescer is None:
+                continue  # aborted: its end was already reported
+            if isinstance(item, RequestFailure):
+                del coalescers[request_id]
+                self._sinks.pop(request_id, None)
+                chunks.append(TaggedChunk(request_id, None, item.error))
+                if item.error is None:
+                    self._on_cancelled(1)
+                continue
+            chunk = coalescer.add(chunk_from_output(item))
+            if chunk is None:
+                continue
+            chunks.append(TaggedChunk(request_id, chunk))
+            if chunk.finished:
+                del coalescers[request_id]
+                self._sinks.pop(request_id, None)
+        return chunks

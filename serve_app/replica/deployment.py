@@ -1,13 +1,13 @@
 """ModelReplica: the Serve deployment that owns an AsyncEngine and streams token ids.
 
-It sees token ids only (the ingress tokenizes). `generate` yields one TokenChunk per engine
-step, or per `replica.stream_interval_tokens` tokens (serve_app/replica/batch_runner.py:
-`token_chunks`, shared with the batch path); when the caller cancels, Serve cancels this
-generator, and leaving the AsyncEngine stream early aborts the request and frees its KV
-blocks. `generate_batch` is the micro-batcher's call: many requests in one stream
-(serve_app/replica/batch_runner.py), single ones aborted through this replica's AbortChannel
-(serve_app/abort_channel.py). Deployment options (replicas, resources, limits,
-health-check timeouts) come from `serve_app.app`.
+It sees token ids only (the ingress tokenizes). Its one generating method is
+`generate_batch(requests)`: many requests in one call, answered by one stream of
+BatchMessages, one per engine step for the whole batch (serve_app/replica/batch_runner.py).
+Its caller is the micro-batcher, or the ingress when the batcher is off. Single requests
+of a batch are aborted through this replica's AbortChannel (serve_app/abort_channel.py),
+whose name rides in the stream's first message; cancelling the call aborts the whole
+batch. Deployment options (replicas, resources, limits, health-check timeouts) come from
+`serve_app.app`.
 """
 
 from __future__ import annotations
@@ -18,15 +18,12 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import asdict
 
-import ray
-
-from serve_app.abort_channel import AbortListener
+from serve_app.abort_channel import LazyAbortListener
 from serve_app.config import AppConfig
 from serve_app.engine.async_engine import AsyncEngine
-from serve_app.engine.sampling_params import SamplingParams
-from serve_app.messages import BatchMessage, BatchRequest, TokenChunk
+from serve_app.messages import BatchMessage, BatchRequest
 from serve_app.metrics import ReplicaMetrics
-from serve_app.replica.batch_runner import BatchRunner, token_chunks
+from serve_app.replica.batch_runner import BatchRunner
 from serve_app.replica.ray_executor import make_llm_engine
 
 METRICS_PERIOD_S = 1.0
@@ -47,40 +44,18 @@ class ModelReplica:
         self.batches = BatchRunner(
             self.engine, self.stream_interval_tokens, on_cancelled=self._count_cancelled
         )
-        self._abort_listener: AbortListener | None = None
-
-    async def generate(
-        self, prompt_ids: list[int], params: SamplingParams, request_id: str
-    ) -> AsyncIterator[TokenChunk]:
-        self._start_metrics()
-        finished = False
-        chunks = token_chunks(
-            self.engine, prompt_ids, params, request_id, self.stream_interval_tokens
-        )
-        try:
-            async with aclosing(chunks):  # closing it aborts the request in the engine
-                async for chunk in chunks:
-                    finished = chunk.finished
-                    yield chunk
-        finally:
-            if not finished:
-                self._count_cancelled()
+        self._abort_listener = LazyAbortListener(on_abort=self.batches.abort_requests)
 
     async def generate_batch(self, requests: list[BatchRequest]) -> AsyncIterator[BatchMessage]:
-        """Run many requests in one stream: the micro-batcher's call."""
+        """Run many requests in one stream (the batcher's call, or the ingress's)."""
         self._start_metrics()
-        async with aclosing(self.batches.run(requests, self._abort_channel())) as messages:
+        messages = self.batches.run(requests, self._abort_listener.channel_name())
+        async with aclosing(messages):
             async for message in messages:
                 yield message
 
-    def _abort_channel(self) -> str | None:  # the AbortChannel actor's name
-        inside_an_actor = ray.is_initialized() and ray.get_runtime_context().get_actor_id()
-        if self._abort_listener is None and inside_an_actor:
-            self._abort_listener = AbortListener(on_abort=self.batches.abort)
-        return self._abort_listener.channel_name if self._abort_listener else None
-
-    def _count_cancelled(self) -> None:
-        self.num_cancelled_streams += 1
+    def _count_cancelled(self, count: int) -> None:
+        self.num_cancelled_streams += count
 
     async def stats(self) -> dict:
         """Engine counters (running/waiting requests, KV blocks) plus open streams."""

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 API_KEY = "test-key-1"
-MAX_ONGOING = 4
-MAX_QUEUED = 8
+MAX_REQUESTS = 12  # running + queued in the whole app, then 429
 APP_NAME = "llm"
 GRPC_SERVICER = "serve_app.proto.llm_pb2_grpc.add_LLMServicer_to_server"
 
@@ -47,22 +46,11 @@ def app_args(keys_file: Path) -> dict:
     return {
         "model": "tiny",
         "engine": {"max_num_seqs": 8, "kv_cache_memory_bytes": 8 * 2**20},
-        "replica": {
-            "num_cpus": 0.5,
-            "max_ongoing_requests": MAX_ONGOING,
-            "max_queued_requests": MAX_QUEUED,
-            "health_check_period_s": 2,
-        },
+        "replica": {"num_cpus": 0.5, "health_check_period_s": 2},
         "ingress": {"num_cpus": 0.1},
-        # Every HTTP test goes through the micro-batcher. Its admission is what the replica's
-        # was before it (batch calls count once at the replica), so the overload test's flood
-        # still clearly exceeds what the app admits.
-        "batcher": {
-            "enabled": True,
-            "num_cpus": 0.1,
-            "max_ongoing_requests": MAX_ONGOING,
-            "max_queued_requests": MAX_QUEUED,
-        },
+        "batcher": {"enabled": True, "num_cpus": 0.1},  # every HTTP test goes through it
+        # Small, so the overload test's flood clearly exceeds what the app admits.
+        "admission": {"max_requests": MAX_REQUESTS},
         "limits": {
             "max_prompt_tokens": 256,
             "max_tokens": 2000,

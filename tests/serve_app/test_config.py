@@ -85,3 +85,16 @@ def test_dev_yaml_is_a_valid_serve_config_with_valid_args():
     assert config.model == "tiny"
     # It must fit the 2-core dev box: the replica plus the ingress.
     assert config.replica.num_cpus + config.ingress.num_cpus <= 2
+
+
+def test_serve_limits_derive_from_the_admission_bound_unless_given():
+    from serve_app.app import CALL_MARGIN, batcher_options
+
+    config = load_app_config({"engine": {"max_num_seqs": 16}, "replica": {"num_replicas": 2}})
+    assert config.admission_bound == 16 * 2 + 1024
+    share = -(-config.admission_bound // 2) + CALL_MARGIN
+    replica = replica_options(config)
+    assert (replica["max_ongoing_requests"], replica["max_queued_requests"]) == (share, share)
+    whole = config.admission_bound + CALL_MARGIN  # one ingress and one batcher replica
+    assert ingress_options(config)["max_ongoing_requests"] == whole
+    assert batcher_options(config)["max_ongoing_requests"] == whole

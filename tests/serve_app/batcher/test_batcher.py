@@ -113,9 +113,9 @@ async def drain(stream) -> list[int]:
 async def burst(batcher_handle, tag: str, num_groups: int, until_target: int = 1) -> None:
     """One-token requests, GROUP at a time, at least `num_groups` times and until the policy's
     target batch size is `until_target` (a loaded machine may need more groups to get there)."""
-    from serve_app.ingress.token_source import HandleTokenStreamer
+    from serve_app.ingress.token_source import BatchingTokenStreamer
 
-    streamer = HandleTokenStreamer(batcher_handle)
+    streamer = BatchingTokenStreamer(batcher_handle)
     short = SamplingParams(max_tokens=1, temperature=0)
     for group in range(num_groups + MAX_EXTRA_GROUPS):
         if group >= num_groups:
@@ -130,7 +130,7 @@ async def burst(batcher_handle, tag: str, num_groups: int, until_target: int = 1
 def test_leaving_one_request_of_a_batch_aborts_it_alone(
     live_app, batcher_handle, replica_handle, engine
 ):
-    from serve_app.ingress.token_source import HandleTokenStreamer
+    from serve_app.ingress.token_source import BatchingTokenStreamer
     from tests.serve_app.replica_idle import wait_for_idle
 
     before = wait_for_idle(replica_handle)
@@ -142,7 +142,7 @@ def test_leaving_one_request_of_a_batch_aborts_it_alone(
     tag = uuid.uuid4().hex[:8]
 
     async def run():
-        streamer = HandleTokenStreamer(batcher_handle)
+        streamer = BatchingTokenStreamer(batcher_handle)
         await burst(batcher_handle, tag, NUM_WARMUP // GROUP, until_target=len(prompts))
         streams = [
             streamer.stream(prompt, long_params[i], f"long-{tag}-{i}")

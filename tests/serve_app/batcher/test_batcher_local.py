@@ -1,11 +1,12 @@
-"""The Batcher without Ray, over a real in-process ModelReplica: concurrent callers get the
-engine's greedy tokens, each request's state records what it generated, a caller leaving
-one request of a batch aborts that request alone, and `reconfigure` changes batching live.
+"""The Batcher without Ray, over a real in-process ModelReplica, fed by the ingress's own
+BatchingTokenStreamer: concurrent callers get the engine's greedy tokens, each request's
+state records what it generated, a caller leaving one request of a batch aborts that
+request alone, and `reconfigure` changes batching live.
 
-`LocalReplica` stands in for the Serve handle only: it calls the replica's batch runner in
-this process under a made-up abort channel name, and the batcher's AbortSender looks that
-name up as a channel that calls the runner directly instead of through the AbortChannel
-actor (that path is tested through Serve in test_batcher.py)."""
+`LocalHandle` stands in for a Serve handle only: it calls a server's `generate_batch` in
+this process and names a made-up abort channel in the first message; the callers'
+AbortSenders look that name up as a channel that calls the server directly instead of
+through the AbortChannel actor (that path is tested through Serve in test_batcher.py)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,8 @@ from serve_app.batcher.deployment import Batcher
 from serve_app.config import load_app_config
 from serve_app.engine.engine import LLMEngine, RequestError
 from serve_app.engine.sampling_params import SamplingParams
+from serve_app.ingress.token_source import BatchingTokenStreamer
 from serve_app.messages import BatchRequest
-from serve_app.replica.batch_runner import BatchRunner
 from serve_app.replica.deployment import ModelReplica
 
 ENGINE_ARGS = {"kv_cache_memory_bytes": 2**20, "max_num_seqs": 8}
@@ -34,12 +35,12 @@ BURSTY = {"max_wait_ms": 500, "target_ttft_ms": 10_000, "max_batch_size": 8}
 class _LocalChannel:
     """The AbortChannel's `abort.remote(ids)`, applied in this process."""
 
-    def __init__(self, runner: BatchRunner) -> None:
+    def __init__(self, on_abort) -> None:
         self.abort = self
-        self._runner = runner
+        self._on_abort = on_abort
 
     def remote(self, request_ids: list[str]) -> None:
-        self._runner.abort(request_ids)
+        self._on_abort(request_ids)
 
 
 class _LocalResponses:
@@ -56,31 +57,52 @@ class _LocalResponses:
         asyncio.get_running_loop().create_task(self._stream.aclose())
 
 
-class LocalReplica:
-    """A replica handle for `Batcher`: `.options(...).remote(requests)` streams a batch."""
+class LocalHandle:
+    """A deployment handle for a BatchCall: `.options(...).remote(requests)` streams a batch."""
 
-    def __init__(self, replica: ModelReplica) -> None:
-        self.replica = replica
-        self.calls: list[list[str]] = []  # request ids of each forwarded batch
+    def __init__(self, generate_batch, channel_name: str) -> None:
+        self._generate_batch = generate_batch
+        self.channel_name = channel_name
+        self.calls: list[list[str]] = []  # request ids of each call
 
-    def options(self, **_) -> LocalReplica:
+    def options(self, **_) -> LocalHandle:
         return self
 
     def remote(self, requests: list[BatchRequest]) -> _LocalResponses:
         self.calls.append([r.request_id for r in requests])
-        runner = self.replica.batches
-        return _LocalResponses(runner.run(requests, LOCAL_CHANNEL_NAME))
+        return _LocalResponses(self._named(self._generate_batch(requests)))
+
+    async def _named(self, stream):
+        async with aclosing(stream):
+            async for message in stream:
+                message.abort_channel = self.channel_name  # the callers keep the first
+                yield message
 
 
-def make(policy: dict | None = None) -> tuple[Batcher, LocalReplica]:
-    config = load_app_config({"engine": ENGINE_ARGS, "batcher": {"policy": policy or {}}})
-    local = LocalReplica(ModelReplica(config))
+class Local:
+    """Ingress streamer -> Batcher -> ModelReplica, in this process."""
 
-    def lookup(name: str) -> _LocalChannel:
-        assert name == LOCAL_CHANNEL_NAME, name
-        return _LocalChannel(local.replica.batches)
+    def __init__(self, policy: dict | None = None) -> None:
+        config = load_app_config({"engine": ENGINE_ARGS, "batcher": {"policy": policy or {}}})
+        self.replica = ModelReplica(config)
+        self.to_replica = LocalHandle(self.replica.batches.run, "replica-channel")
+        self.batcher = Batcher(config, self.to_replica, AbortSender(self._lookup))
+        self.to_batcher = LocalHandle(self.batcher.generate_batch, "batcher-channel")
+        self.streamer = BatchingTokenStreamer(self.to_batcher, AbortSender(self._lookup))
+        self.calls = self.to_replica.calls  # what the batcher forwarded
 
-    return Batcher(config, local, AbortSender(lookup)), local
+    def _lookup(self, name: str) -> _LocalChannel:
+        servers = {"replica-channel": self.replica.batches, "batcher-channel": self.batcher}
+        return _LocalChannel(servers[name].abort_requests)
+
+    def stream(self, index: int, params: SamplingParams, prompt: list[int] | None = None):
+        prompt = PROMPTS[index] if prompt is None else prompt
+        return self.streamer.stream(prompt, params, f"r{index}")
+
+
+def make(policy: dict | None = None) -> tuple[Batcher, Local]:
+    local = Local(policy)
+    return local.batcher, local
 
 
 def greedy(max_tokens: int) -> SamplingParams:
@@ -92,11 +114,12 @@ def expected(params: SamplingParams, prompts=PROMPTS) -> list[list[int]]:
     return LLMEngine(engine_config).generate(prompts, params)
 
 
-async def tokens_of(batcher: Batcher, index: int, params: SamplingParams) -> list[int]:
+async def tokens_of(local: Local, index: int, params: SamplingParams) -> list[int]:
     """One caller's tokens; checks that the request's state keeps every one of them."""
     tokens: list[int] = []
     state = None
-    async with aclosing(batcher.generate(PROMPTS[index], params, f"r{index}")) as stream:
+    batcher = local.batcher
+    async with aclosing(local.stream(index, params)) as stream:
         async for chunk in stream:
             tokens += chunk.token_ids
             state = state or (await batcher.live_requests()).get(f"r{index}")
@@ -116,7 +139,7 @@ def test_a_burst_is_batched_and_each_caller_gets_the_engines_greedy_tokens():
     async def run():
         for _ in range(12):  # recent arrivals: the policy now expects a burst
             batcher.policy.record_arrival()
-        return await asyncio.gather(*(tokens_of(batcher, i, params) for i in range(6)))
+        return await asyncio.gather(*(tokens_of(local, i, params) for i in range(6)))
 
     assert asyncio.run(run()) == expected(params)
     assert sorted(id for call in local.calls for id in call) == [f"r{i}" for i in range(6)]
@@ -127,11 +150,11 @@ def test_a_burst_is_batched_and_each_caller_gets_the_engines_greedy_tokens():
 
 
 def test_light_traffic_is_forwarded_at_once_one_by_one():
-    batcher, local = make()
+    _, local = make()
     params = greedy(3)
 
     async def run():
-        return [await tokens_of(batcher, i, params) for i in range(3)]
+        return [await tokens_of(local, i, params) for i in range(3)]
 
     assert asyncio.run(run()) == expected(params, PROMPTS[:3])
     assert local.calls == [["r0"], ["r1"], ["r2"]]
@@ -145,7 +168,7 @@ def test_leaving_one_request_of_a_batch_aborts_it_alone():
 
     async def leave_after_two_chunks() -> list[int]:
         tokens: list[int] = []
-        async with aclosing(batcher.generate(PROMPTS[1], params, "r1")) as stream:
+        async with aclosing(local.stream(1, params)) as stream:
             async for chunk in stream:
                 tokens += chunk.token_ids
                 states.update(await batcher.live_requests())
@@ -156,7 +179,7 @@ def test_leaving_one_request_of_a_batch_aborts_it_alone():
     async def run():
         for _ in range(12):
             batcher.policy.record_arrival()
-        others = [tokens_of(batcher, i, params) for i in (0, 2)]
+        others = [tokens_of(local, i, params) for i in (0, 2)]
         return await asyncio.gather(leave_after_two_chunks(), *others)
 
     left, first, third = asyncio.run(run())
@@ -176,13 +199,13 @@ def test_a_request_the_engine_rejects_fails_alone():
     params = greedy(4)
 
     async def bad() -> None:
-        async for _ in batcher.generate([10**9], params, "bad"):
+        async for _ in local.streamer.stream([10**9], params, "bad"):
             pass
 
     async def run():
         for _ in range(12):
             batcher.policy.record_arrival()
-        return await asyncio.gather(bad(), tokens_of(batcher, 0, params), return_exceptions=True)
+        return await asyncio.gather(bad(), tokens_of(local, 0, params), return_exceptions=True)
 
     error, tokens = asyncio.run(run())
     assert isinstance(error, RequestError) and "prompt token ids" in str(error)
@@ -197,7 +220,7 @@ def test_reconfigure_changes_the_batch_size_live():
     async def burst(first: int) -> None:
         for _ in range(12):
             batcher.policy.record_arrival()
-        await asyncio.gather(*(tokens_of(batcher, i, params) for i in range(first, first + 3)))
+        await asyncio.gather(*(tokens_of(local, i, params) for i in range(first, first + 3)))
 
     async def run():  # one event loop, as in a Serve replica
         await burst(0)

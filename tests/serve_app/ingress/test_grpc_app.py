@@ -241,20 +241,19 @@ def test_unknown_model_is_not_found(stub, live_app):
 
 @pytest.fixture(scope="module")
 def tight_app(live_app):
-    """A second app that runs one request and queues one: easy to fill exactly. The batcher
-    (if on) holds one request and queues one, as does the replica behind it."""
+    """A second app that holds two requests (one running, one queued): easy to fill exactly."""
     from ray import serve
 
     from serve_app.app import build_app
 
-    one = {"max_ongoing_requests": 1, "max_queued_requests": 1}
     args = {
         **live_app.args,
         "ingress": {"num_cpus": 0.05},
-        "replica": {"num_cpus": 0.25, "graceful_shutdown_timeout_s": 1, **one},
+        "replica": {"num_cpus": 0.25, "graceful_shutdown_timeout_s": 1},
+        "admission": {"max_requests": 2},
     }
     if "batcher" in args:
-        args["batcher"] = {**args["batcher"], "num_cpus": 0.05, **one}
+        args["batcher"] = {**args["batcher"], "num_cpus": 0.05}
     serve.run(build_app(args), name=TIGHT_APP, route_prefix="/" + TIGHT_APP)
     yield TIGHT_APP
     serve.delete(TIGHT_APP)

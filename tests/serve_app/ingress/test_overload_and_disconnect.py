@@ -37,8 +37,7 @@ async def one_request(client: httpx.AsyncClient, index: int) -> tuple[int, dict]
 
 
 def test_flood_gets_successes_or_429_with_retry_after(live_app, replica_handle):
-    replica = live_app.args["replica"]
-    num_flood = 3 * (replica["max_ongoing_requests"] + replica["max_queued_requests"])
+    num_flood = 3 * live_app.args["admission"]["max_requests"]
 
     async def flood() -> list[tuple[int, dict]]:
         async with httpx.AsyncClient(

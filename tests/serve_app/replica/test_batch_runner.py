@@ -81,7 +81,7 @@ def test_aborting_one_request_of_a_batch_frees_it_alone():
     def abort_r1_once_started(tokens: dict[str, list[int]]) -> None:
         if tokens["r1"] and not seen_running:
             seen_running.append(replica.engine.stats().num_running)
-            replica.batches.abort(["r1", "unknown-id"])
+            replica.batches.abort_requests(["r1", "unknown-id"])
 
     tokens, finals = asyncio.run(collect(replica, batch(params), abort_r1_once_started))
     expected = expected_tokens(params)

@@ -1,10 +1,11 @@
-"""ModelReplica without Ray: it streams the engine's tokens, frees KV blocks when the caller
-leaves early, and its health check fails when the engine loop is dead or stalled."""
+"""ModelReplica without Ray: a one-request batch streams the engine's tokens, leaving early
+frees its KV blocks, and the health check fails when the engine loop is dead or stalled."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from contextlib import aclosing
 
 import pytest
 
@@ -12,10 +13,20 @@ from serve_app.config import load_app_config
 from serve_app.engine.async_engine import EngineDeadError
 from serve_app.engine.engine import LLMEngine
 from serve_app.engine.sampling_params import SamplingParams
+from serve_app.messages import BatchRequest
 from serve_app.replica.deployment import ModelReplica
 
 ARGS = {"engine": {"kv_cache_memory_bytes": 2**20, "max_num_seqs": 4}}
 PROMPT = [72, 101, 108, 108, 111]
+
+
+async def single(replica: ModelReplica, prompt: list[int], params: SamplingParams):
+    """One request through generate_batch: its TokenChunks."""
+    async with aclosing(replica.generate_batch([BatchRequest("r1", prompt, params)])) as stream:
+        async for message in stream:
+            for tagged in message.chunks:
+                assert tagged.request_id == "r1" and tagged.chunk is not None, tagged
+                yield tagged.chunk
 
 
 def make_replica(**replica_args) -> ModelReplica:
@@ -28,7 +39,7 @@ def test_streams_the_engines_greedy_tokens_and_counts():
     [expected] = LLMEngine(load_app_config(ARGS).engine).generate([PROMPT], params)
 
     async def run():
-        return [chunk async for chunk in replica.generate(PROMPT, params, "r1")]
+        return [chunk async for chunk in single(replica, PROMPT, params)]
 
     chunks = asyncio.run(run())
     assert [t for chunk in chunks for t in chunk.token_ids] == expected
@@ -44,7 +55,7 @@ def test_stream_interval_groups_tokens_without_changing_them():
     [expected] = LLMEngine(load_app_config(ARGS).engine).generate([PROMPT], params)
 
     async def run():
-        return [chunk async for chunk in replica.generate(PROMPT, params, "r1")]
+        return [chunk async for chunk in single(replica, PROMPT, params)]
 
     chunks = [chunk for chunk in asyncio.run(run()) if chunk.token_ids]
     assert [t for chunk in chunks for t in chunk.token_ids] == expected
@@ -58,7 +69,7 @@ def test_leaving_early_aborts_and_frees_kv_blocks():
     params = SamplingParams(max_tokens=1000, temperature=0, ignore_eos=True)
 
     async def run():
-        stream = replica.generate(PROMPT, params, "r1")
+        stream = single(replica, PROMPT, params)
         await anext(stream)
         during = await replica.stats()
         await stream.aclose()
@@ -96,7 +107,7 @@ def test_health_check_fails_when_the_engine_loop_stalls():
     engine.step = slow_step
 
     async def run():
-        stream = replica.generate(PROMPT, SamplingParams(max_tokens=1), "r1")
+        stream = single(replica, PROMPT, SamplingParams(max_tokens=1))
         consumer = asyncio.create_task(anext(stream))
         await asyncio.sleep(3.0)
         with pytest.raises(EngineDeadError, match="no progress"):

@@ -13,6 +13,7 @@ import pytest
 from serve_app.engine.config import EngineConfig
 from serve_app.engine.engine import LLMEngine
 from serve_app.engine.sampling_params import SamplingParams
+from serve_app.messages import BatchRequest
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -70,8 +71,9 @@ def replica_token_ids(prompt: list[int]) -> list[int]:
     handle = serve.get_deployment_handle(REPLICA_NAME, app_name=TP_APP).options(stream=True)
     params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
     token_ids: list[int] = []
-    for chunk in handle.generate.remote(prompt, params, f"tp-test-{time.monotonic_ns()}"):
-        token_ids.extend(chunk.token_ids)
+    request = BatchRequest(f"tp-test-{time.monotonic_ns()}", prompt, params)
+    for message in handle.generate_batch.remote([request]):
+        token_ids.extend(t for tagged in message.chunks for t in tagged.chunk.token_ids)
     return token_ids
 
 

@@ -1,0 +1,108 @@
+"""BatchCall: the caller's side of one `generate_batch` stream (ingress -> batcher, batcher ->
+model replica, or ingress -> replica with the batcher off).
+
+One call carries many requests down and one stream of BatchMessages back, each holding
+every request's new tokens since the last one. The call hands each message's chunks to
+`deliver` in one go (the caller fans them out to its own waiters), tells every request
+still open when the stream fails or ends early, and aborts single requests through the
+AbortChannel the server named in its first message (serve_app/abort_channel.py); when the
+last open request leaves, it cancels the whole stream instead. The call runs in a fresh
+context, outside any caller's Serve request context, so that no single caller's
+cancellation reaches a call it shares with others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Callable
+
+from ray.exceptions import RayTaskError
+
+from serve_app.abort_channel import AbortSender
+from serve_app.messages import BatchRequest, TaggedChunk
+
+
+class BatchAbortedError(RuntimeError):
+    """A request of a batch call ended without the caller asking for it."""
+
+
+class BatchCall:
+    def __init__(
+        self,
+        handle,  # a DeploymentHandle with stream=True, method_name="generate_batch"
+        requests: list[BatchRequest],
+        deliver: Callable[[list[TaggedChunk]], None],
+        abort_sender: AbortSender,
+        on_first_token: Callable[[float], None] | None = None,
+    ) -> None:
+        self._handle = handle
+        self.requests = requests
+        self.open: set[str] = {request.request_id for request in requests}
+        self._deliver = deliver
+        self._abort_sender = abort_sender
+        self._on_first_token = on_first_token  # called with the seconds to the first token
+        self._abort_channel: str | None = None
+        self._unsent_aborts: list[str] = []
+        self.task: asyncio.Task | None = None
+
+    def start(self) -> asyncio.Task:
+        self.task = asyncio.get_running_loop().create_task(
+            self._run(), context=contextvars.Context()
+        )
+        return self.task
+
+    def leave(self, request_id: str) -> None:
+        """The caller of `request_id` left before its end: stop the work done for it."""
+        if request_id not in self.open:
+            return  # already ended
+        self.open.discard(request_id)
+        if not self.open:
+            assert self.task is not None
+            self.task.cancel()  # nobody left: cancelling the stream stops the whole batch
+        elif self._abort_channel is None:
+            self._unsent_aborts.append(request_id)  # sent once the server names its channel
+        else:
+            self._abort_sender.send(self._abort_channel, [request_id])
+
+    async def _run(self) -> None:
+        started_s = time.monotonic()
+        responses = self._handle.remote(self.requests)
+        stream_ended = False
+        awaiting_first_token = self._on_first_token is not None
+        try:
+            async for message in responses:
+                if message.abort_channel is not None:
+                    self._started(message.abort_channel)
+                chunks = [tagged for tagged in message.chunks if tagged.request_id in self.open]
+                for tagged in chunks:
+                    if tagged.final:
+                        self.open.discard(tagged.request_id)
+                if awaiting_first_token and any(t.chunk is not None for t in chunks):
+                    self._on_first_token(time.monotonic() - started_s)
+                    awaiting_first_token = False
+                if chunks:
+                    self._deliver(chunks)
+            stream_ended = True
+            self._fail(RuntimeError("the batch stream ended before all its requests finished"))
+        except asyncio.CancelledError:  # by `leave` once nobody waits, or at shutdown
+            self._fail(BatchAbortedError("the batch call was cancelled"))
+            raise
+        except Exception as error:  # the server or the call failed: tell every open request
+            stream_ended = True
+            self._fail(error.cause if isinstance(error, RayTaskError) else error)
+        finally:
+            if not stream_ended:
+                responses.cancel()
+
+    def _started(self, abort_channel: str) -> None:
+        self._abort_channel = abort_channel
+        if self._unsent_aborts:
+            self._abort_sender.send(abort_channel, self._unsent_aborts)
+            self._unsent_aborts = []
+
+    def _fail(self, error: BaseException) -> None:
+        if self.open:
+            self._deliver([TaggedChunk(request_id, None, error) for request_id in self.open])
+            self.open.clear()
