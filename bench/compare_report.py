@@ -1,24 +1,34 @@
-"""The side-by-side table and the two issue-6 target checks of bench/serve_compare.py.
+"""The side-by-side table and the target checks of bench/serve_compare.py.
 
-Pure functions over LoadReports (bench/load_stats.py): no I/O, no timing. A `SystemResult`
-is one system's two runs: closed-loop saturation (throughput) and one request at a time
-(TTFT, TPOT). Targets: the full graph keeps >= 90% of the offline engine's saturation
-throughput; the batcher adds <= 5 ms to the median c=1 TTFT versus the graph without it.
+Pure functions over LoadReports (bench/load_stats.py) and CPU figures: no I/O, no timing.
+A `SystemResult` is one system's two runs: workload W at saturation (many concurrent
+streams) and one request at a time, plus the CPU milliseconds per output token that each
+process role spent during the saturation run (bench/process_cpu.py). Targets (issue 12):
+through the default config the full graph serves W with 0 errors at >= 85% of the
+in-process engine's throughput (>= 50% for `tiny`) with a TTFT p50 <= 1.5x in-process;
+everything but the engine's own compute costs <= 0.3 ms of CPU per output token; one
+request at a time adds <= 10 ms of TTFT and <= 2 ms of inter-token latency.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bench.load_stats import LoadReport
 
-THROUGHPUT_TARGET = 0.90  # the full graph's share of offline saturation throughput, at least
-TTFT_OVERHEAD_TARGET_S = 0.005  # the batcher's added median c=1 TTFT, at most
+THROUGHPUT_TARGET = {"tiny": 0.50}  # per model; others: DEFAULT_THROUGHPUT_TARGET
+DEFAULT_THROUGHPUT_TARGET = 0.85
+SATURATION_TTFT_RATIO = 1.5
+SERVING_CPU_MS_TARGET = 0.3
+SINGLE_TTFT_OVERHEAD_S = 0.010
+SINGLE_ITL_OVERHEAD_S = 0.002
 
-OFFLINE = "offline (engine in-process)"
+OFFLINE = "in-process engine"
 GRAPH_BATCHER = "graph + batcher"
 GRAPH_DIRECT = "graph, batcher off"
+SERVING_ROLES = ("ingress", "batcher", "proxy")  # CPU that is all serving work
+CPU_COLUMNS = ("replica", "batcher", "ingress", "proxy", "this process", "ray daemons")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +36,7 @@ class SystemResult:
     name: str
     saturation: LoadReport
     single: LoadReport  # concurrency 1
+    cpu_ms_per_token: dict[str, float] = field(default_factory=dict)  # role -> ms, saturation
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,52 +47,97 @@ class TargetCheck:
 
 
 def throughput_share(system: SystemResult, offline: SystemResult) -> float:
-    """The system's saturation output tok/s as a fraction of the offline engine's."""
+    """The system's saturation output tok/s as a fraction of the in-process engine's."""
     base = offline.saturation.output_token_throughput
     return system.saturation.output_token_throughput / base if base > 0 else math.nan
 
 
+def serving_cpu_ms(system: SystemResult, offline: SystemResult) -> float:
+    """CPU ms per output token of everything but the engine's own compute: ingress, batcher,
+    proxy, and the replica's CPU beyond the in-process engine process's."""
+    cpu = system.cpu_ms_per_token
+    engine_ms = offline.cpu_ms_per_token.get("this process", math.nan)
+    beyond_engine = max(0.0, cpu.get("replica", math.nan) - engine_ms)
+    return sum(cpu.get(role, 0.0) for role in SERVING_ROLES) + beyond_engine
+
+
 def target_checks(
-    offline: SystemResult, batcher: SystemResult, direct: SystemResult
+    model: str, offline: SystemResult, batcher: SystemResult, direct: SystemResult
 ) -> list[TargetCheck]:
-    """The two targets, PASS only when measured and met (a NaN or a failed request fails)."""
-    share = throughput_share(batcher, offline)
-    all_ok = all(
-        report.num_errors == 0
+    """The targets for the full graph, PASS only when measured and met."""
+    failed = sum(
+        report.num_errors
         for system in (offline, batcher, direct)
         for report in (system.saturation, system.single)
     )
-    overhead_s = batcher.single.ttft.p50 - direct.single.ttft.p50
+    share = throughput_share(batcher, offline)
+    share_target = THROUGHPUT_TARGET.get(model, DEFAULT_THROUGHPUT_TARGET)
+    ttft_ratio = batcher.saturation.ttft.p50 / offline.saturation.ttft.p50
+    serving_ms = serving_cpu_ms(batcher, offline)
+    ttft_extra_s = batcher.single.ttft.p50 - offline.single.ttft.p50
+    itl_extra_s = batcher.single.itl.p50 - offline.single.itl.p50
     return [
+        TargetCheck("every request of every system succeeded", failed == 0, f"{failed} failed"),
         TargetCheck(
-            f"saturation throughput, graph + batcher >= {THROUGHPUT_TARGET:.0%} of offline",
-            share >= THROUGHPUT_TARGET and all_ok,
+            f"saturation throughput >= {share_target:.0%} of in-process",
+            share >= share_target,
             f"{share:.1%}",
         ),
         TargetCheck(
-            f"c=1 median TTFT, batcher adds <= {TTFT_OVERHEAD_TARGET_S * 1000:.0f} ms",
-            overhead_s <= TTFT_OVERHEAD_TARGET_S and all_ok,
-            f"{overhead_s * 1000:+.1f} ms",
+            f"saturation TTFT p50 <= {SATURATION_TTFT_RATIO}x in-process",
+            ttft_ratio <= SATURATION_TTFT_RATIO,
+            f"{ttft_ratio:.2f}x",
+        ),
+        TargetCheck(
+            f"serving CPU per output token <= {SERVING_CPU_MS_TARGET} ms",
+            serving_ms <= SERVING_CPU_MS_TARGET,
+            f"{serving_ms:.3f} ms",
+        ),
+        TargetCheck(
+            f"c=1 TTFT p50 <= in-process + {SINGLE_TTFT_OVERHEAD_S * 1000:.0f} ms",
+            ttft_extra_s <= SINGLE_TTFT_OVERHEAD_S,
+            f"{ttft_extra_s * 1000:+.1f} ms",
+        ),
+        TargetCheck(
+            f"c=1 ITL p50 <= in-process + {SINGLE_ITL_OVERHEAD_S * 1000:.0f} ms",
+            itl_extra_s <= SINGLE_ITL_OVERHEAD_S,
+            f"{itl_extra_s * 1000:+.2f} ms",
         ),
     ]
 
 
-def format_comparison(offline: SystemResult, batcher: SystemResult, direct: SystemResult) -> str:
-    """A Markdown table, one row per system, then the target checks."""
+def format_comparison(
+    model: str, offline: SystemResult, batcher: SystemResult, direct: SystemResult
+) -> str:
+    """Two Markdown tables (latency and throughput; CPU per token per process), then the
+    target checks for the full graph."""
     lines = [
-        "| system | saturation tok/s | % of offline | c=1 TTFT p50 (ms) | c=1 TTFT p90 (ms) "
-        "| c=1 TPOT p50 (ms) | failed |",
+        "| system | W tok/s | % of in-process | W TTFT p50 (ms) | c=1 TTFT p50 (ms) "
+        "| c=1 ITL p50 (ms) | failed |",
         "|---|---|---|---|---|---|---|",
     ]
-    for system in (offline, batcher, direct):
+    systems = (offline, batcher, direct)
+    for system in systems:
         failed = system.saturation.num_errors + system.single.num_errors
         lines.append(
             f"| {system.name} | {system.saturation.output_token_throughput:.1f} "
             f"| {throughput_share(system, offline):.1%} "
-            f"| {system.single.ttft.p50 * 1000:.1f} | {system.single.ttft.p90 * 1000:.1f} "
-            f"| {system.single.tpot.p50 * 1000:.1f} | {failed} |"
+            f"| {system.saturation.ttft.p50 * 1000:.0f} | {system.single.ttft.p50 * 1000:.1f} "
+            f"| {system.single.itl.p50 * 1000:.2f} | {failed} |"
         )
+    lines += [
+        "",
+        "CPU ms per output token during W, per process role (serving = ingress + batcher + "
+        "proxy + the replica's CPU beyond the in-process engine process's):",
+        "",
+        "| system | " + " | ".join(CPU_COLUMNS) + " | serving |",
+        "|---|" + "---|" * (len(CPU_COLUMNS) + 1),
+    ]
+    for system in systems:
+        cells = [f"{system.cpu_ms_per_token.get(role, 0.0):.3f}" for role in CPU_COLUMNS]
+        serving = "" if system is offline else f"{serving_cpu_ms(system, offline):.3f}"
+        lines.append(f"| {system.name} | " + " | ".join(cells) + f" | {serving} |")
     lines.append("")
-    for check in target_checks(offline, batcher, direct):
+    for check in target_checks(model, offline, batcher, direct):
         lines.append(f"- {'PASS' if check.passed else 'FAIL'}: {check.name}: {check.detail}")
     return "\n".join(lines)

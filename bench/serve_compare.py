@@ -1,18 +1,20 @@
-"""Side by side, in one run: the engine in-process (offline), the Serve graph with the
-micro-batcher, and the graph with the batcher off, on the same workload per model.
+"""Side by side, in one run: the engine in-process, the Serve graph with the micro-batcher,
+and the graph with the batcher off, on the same workload per model, with the CPU each
+process spends per output token.
 
-For each `--models` entry: (1) an AsyncEngine in this process runs the workload from
-`--concurrency` closed-loop clients (saturation) and then one request at a time; (2) a
-local Ray + Serve on a free loopback port runs serve_app.app:build_app with the batcher on,
-measured by bench/serve_load.py's client over HTTP/SSE with the same two loads; (3) the
-same with `batcher.enabled=false`. Every system uses the same engine settings, the same
-token-id prompts and output lengths, ignore_eos and temperature 1.0, so the work is
-identical. Every system is asked for logprobs=0, so the HTTP stream carries one chunk per
-token even when the random-weight model's token has no text (most of the `bench` preset's
-32000 ids decode to nothing): TTFT and TPOT are token times on every row. Prints one
-table per model and the issue-6 target checks (bench/compare_report.py).
+For each `--models` entry: (1) an AsyncEngine in this process runs workload W (by default
+128 streams sent at once: prompts of 16-256 random token ids, 16-128 output tokens,
+ignore_eos, greedy) and then one request at a time; (2) a local Ray + Serve on a free
+loopback port runs serve_app.app:build_app in its DEFAULT config (only the model, the
+engine settings shared with (1) and the replica's CPUs are set: admission and Serve limits
+are the defaults), driven by bench/serve_load.py's client over HTTP/SSE with the same two
+loads; (3) the same with `batcher.enabled=false`. Every system is asked for logprobs=0,
+so the HTTP stream carries one chunk per token even when the random-weight model's token
+has no text: TTFT and ITL are token times on every row. During each W run, every
+process's CPU time is read from /proc (bench/process_cpu.py). Prints two tables per
+model and the target checks (bench/compare_report.py).
 
-    .venv/bin/python -m bench.serve_compare --models tiny bench
+    .venv/bin/python -m bench.serve_compare --models bench tiny
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ if __package__ in (None, ""):  # run as a file: make the `bench` package importa
 
 import torch
 
+from bench import process_cpu
 from bench.compare_report import (
     GRAPH_BATCHER,
     GRAPH_DIRECT,
@@ -50,29 +53,28 @@ LOGPROBS = 0  # the chosen token's logprob only: a chunk per token over HTTP too
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["tiny", "bench"])
-    parser.add_argument("--concurrency", type=int, default=32, help="saturation clients")
-    parser.add_argument("--saturation-requests", type=int, default=96)
+    parser.add_argument("--models", nargs="+", default=["bench", "tiny"])
+    parser.add_argument("--concurrency", type=int, default=128, help="W: concurrent streams")
+    parser.add_argument("--saturation-requests", type=int, default=128, help="W: requests")
     parser.add_argument("--single-requests", type=int, default=30, help="at concurrency 1")
-    parser.add_argument("--prompt-len-range", type=int, nargs=2, default=(16, 128))
-    parser.add_argument("--output-len-range", type=int, nargs=2, default=(32, 64))
-    parser.add_argument("--single-output-len", type=int, default=16)
-    parser.add_argument("--max-num-seqs", type=int, default=32)
-    parser.add_argument("--kv-cache-mib", type=int, default=128)
+    parser.add_argument("--prompt-len-range", type=int, nargs=2, default=(16, 256))
+    parser.add_argument("--output-len-range", type=int, nargs=2, default=(16, 128))
+    parser.add_argument("--single-output-len", type=int, default=32)
     parser.add_argument("--replica-cpus", type=float, default=2.0, help="torch threads too")
     parser.add_argument(
-        "--stream-interval",
-        type=int,
-        default=1,
-        help="the served app's replica.stream_interval_tokens (tokens per streamed message)",
+        "--app-arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra app arg for the served systems (e.g. replica.stream_interval_tokens=4)",
     )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
 
 def engine_settings(args: argparse.Namespace) -> dict:
-    """The engine knobs every system shares (offline EngineConfig and the app's `engine`)."""
-    return {"max_num_seqs": args.max_num_seqs, "kv_cache_memory_bytes": args.kv_cache_mib << 20}
+    """The engine knobs every system shares: the defaults (EngineConfig)."""
+    return {}
 
 
 def workloads(args: argparse.Namespace) -> tuple[list[WorkItem], list[WorkItem]]:
@@ -94,7 +96,7 @@ def workloads(args: argparse.Namespace) -> tuple[list[WorkItem], list[WorkItem]]
 def sampling_params(item: WorkItem) -> SamplingParams:
     """What the ingress builds from serve_load's request body."""
     return SamplingParams(
-        max_tokens=item.max_tokens, temperature=1.0, ignore_eos=True, logprobs=LOGPROBS
+        max_tokens=item.max_tokens, temperature=0.0, ignore_eos=True, logprobs=LOGPROBS
     )
 
 
@@ -134,35 +136,35 @@ def run_offline(args, model, saturation, single) -> SystemResult:
     engine = AsyncEngine(EngineConfig(model=model, **engine_settings(args)))
     try:
 
-        async def measure() -> tuple[LoadReport, LoadReport]:
+        async def measure() -> tuple[LoadReport, LoadReport, dict[str, float]]:
             await _engine_load(engine, saturation[:WARMUP_REQUESTS], WARMUP_REQUESTS)
-            return (
-                await _engine_load(engine, saturation, args.concurrency),
-                await _engine_load(engine, single, 1),
-            )
+            before = process_cpu.snapshot()
+            sat = await _engine_load(engine, saturation, args.concurrency)
+            cpu = per_token_ms(process_cpu.cpu_by_role(before, process_cpu.snapshot()), sat)
+            return sat, await _engine_load(engine, single, 1), cpu
 
-        sat, one = asyncio.run(measure())
+        sat, one, cpu = asyncio.run(measure())
     finally:
         engine.shutdown()
-    return SystemResult(OFFLINE, sat, one)
+    return SystemResult(OFFLINE, sat, one, cpu)
+
+
+def per_token_ms(cpu_s_by_role: dict[str, float], report: LoadReport) -> dict[str, float]:
+    tokens = max(1, round(report.output_token_throughput * report.duration_s))
+    return {role: used / tokens * 1000 for role, used in cpu_s_by_role.items()}
 
 
 # ---- served -------------------------------------------------------------------------------
 def app_args(args: argparse.Namespace, model: str, batcher: bool) -> dict:
-    limit = 4 * args.concurrency
+    """The default config, but for the model, the replica's CPUs and `--app-arg`s."""
+    extra = dict(item.split("=", 1) for item in args.app_arg)
     return {
         "model": model,
         "engine": engine_settings(args),
-        "replica": {
-            "num_cpus": args.replica_cpus,
-            "max_ongoing_requests": limit,
-            "max_queued_requests": limit,
-            "stream_interval_tokens": args.stream_interval,
-        },
-        "ingress": {"num_cpus": 0.25},
-        "batcher": {"enabled": batcher, "num_cpus": 0.25, "max_ongoing_requests": limit},
-        "limits": {"max_prompt_tokens": 4096, "max_tokens": 4096},
+        "replica.num_cpus": args.replica_cpus,
+        "batcher.enabled": batcher,
         "auth": {"api_keys_env": None},
+        **extra,
     }
 
 
@@ -188,22 +190,21 @@ def run_served(args, model, port, batcher, saturation, single) -> SystemResult:
     try:
         client = load_client(port, model, WARMUP_REQUESTS)
 
-        async def measure() -> tuple[LoadReport, LoadReport]:
+        async def measure() -> tuple[LoadReport, LoadReport, dict[str, float]]:
             await run_load(client, saturation[:WARMUP_REQUESTS])
-            reports = []
-            for workload, concurrency in ((saturation, args.concurrency), (single, 1)):
-                client.concurrency = concurrency
-                records, duration = await run_load(client, workload)
-                reports.append(build_report(records, duration))
-            return reports[0], reports[1]
+            client.concurrency = args.concurrency
+            before = process_cpu.snapshot()
+            records, duration = await run_load(client, saturation)
+            cpu_s = process_cpu.cpu_by_role(before, process_cpu.snapshot())
+            sat = build_report(records, duration)
+            client.concurrency = 1
+            records, duration = await run_load(client, single)
+            return sat, build_report(records, duration), per_token_ms(cpu_s, sat)
 
-        sat, one = asyncio.run(measure())
+        sat, one, cpu = asyncio.run(measure())
     finally:
         serve.delete(APP_NAME)
-    name = GRAPH_BATCHER if batcher else GRAPH_DIRECT
-    if args.stream_interval > 1:
-        name += f" (stream interval {args.stream_interval})"
-    return SystemResult(name, sat, one)
+    return SystemResult(GRAPH_BATCHER if batcher else GRAPH_DIRECT, sat, one, cpu)
 
 
 def start_serve() -> int:
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"# {model}: batcher={batcher} ... load average {os.getloadavg()}")
                 served.append(run_served(args, model, port, batcher, saturation, single))
             print(f"\n## {model}  (load average at the end {os.getloadavg()})\n")
-            print(format_comparison(offline[model], served[0], served[1]), flush=True)
+            print(format_comparison(model, offline[model], served[0], served[1]), flush=True)
     finally:
         stop_serve()
     print(f"\n# total {time.perf_counter() - started:.0f} s")

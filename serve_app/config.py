@@ -91,6 +91,9 @@ class ReplicaSettings(DeploymentSettings):
     # Tokens per streamed message after the first (serve_app/replica/chunk_coalescer.py): 1
     # streams every token at once; N holds a request's tokens until N are ready or it ends.
     stream_interval_tokens: int = Field(1, ge=1, le=4096)
+    # Under load, a replica sends a batch stream's messages at most once per this slice
+    # (scaled by how full its engine is); first tokens and ends are never held. 0: per step.
+    stream_interval_ms: float = Field(0.0, ge=0, le=1000)
 
     @property
     def max_replicas(self) -> int:

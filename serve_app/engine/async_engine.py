@@ -74,6 +74,10 @@ class Mailbox:
         while not self.pending:
             self.ready.clear()
             await self.ready.wait()
+        return self.take_nowait()
+
+    def take_nowait(self) -> list:
+        """Everything delivered since the last take, maybe nothing."""
         items, self.pending = self.pending, []
         return items
 
@@ -169,6 +173,10 @@ class AsyncEngine:
 
     def stats(self) -> EngineStats:
         return self.engine.stats()
+
+    @property
+    def max_num_seqs(self) -> int:
+        return self._config.max_num_seqs
 
     @property
     def num_active_streams(self) -> int:

@@ -4,14 +4,21 @@
 Mailbox, so the engine thread wakes this event loop once per step for the whole batch,
 and yields one `BatchMessage` per wake-up holding each request's new tokens (grouped by
 `replica.stream_interval_tokens`, serve_app/replica/chunk_coalescer.py). No task or queue
-per request. A request whose id arrives through `abort` (from the replica's AbortChannel)
-is aborted alone: the engine frees its KV blocks and the stream reports its end with an
-empty TaggedChunk. Closing the stream (the caller cancelled) aborts every request still
-running. A request the engine rejects ends with its error; the others go on.
+per request. A request whose id arrives through `abort_requests` (from the replica's
+AbortChannel) is aborted alone: the engine frees its KV blocks and the stream reports its
+end with an empty TaggedChunk. Closing the stream (the caller cancelled) aborts every
+request still running. A request the engine rejects ends with its error; the others go on.
+
+Under load, messages are time-sliced (`replica.stream_interval_ms`): a message that
+carries neither a first token nor an end waits until the slice since the previous message
+is over, the slice scaled by how full the engine is (a request running alone is never
+held), so every process downstream handles fewer, fuller messages.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 
 from serve_app.engine.async_engine import AsyncEngine, Mailbox, RequestFailure
@@ -37,9 +44,11 @@ class BatchRunner:
         engine: AsyncEngine,
         stream_interval_tokens: int,
         on_cancelled: Callable[[int], None],
+        stream_interval_s: float = 0.0,
     ) -> None:
         self._engine = engine
         self._stream_interval_tokens = stream_interval_tokens
+        self._stream_interval_s = stream_interval_s  # the slice at a full engine
         self._on_cancelled = on_cancelled  # called with the number of requests left unfinished
         self._sinks: dict[str, Mailbox] = {}  # live requests of every batch, by id
 
@@ -68,17 +77,31 @@ class BatchRunner:
             self._engine.add_requests(
                 [(r.request_id, r.prompt_ids, r.params) for r in requests], sink
             )
+            last_sent_s = 0.0
             while coalescers:
-                chunks = self._tag(await sink.take(), coalescers)
+                items = await sink.take()
+                hold_s = last_sent_s + self._slice_s() - time.monotonic()
+                if hold_s > 0 and not any(_urgent(item) for item in items):
+                    await asyncio.sleep(hold_s)
+                    items += sink.take_nowait()
+                chunks = self._tag(items, coalescers)
                 if chunks:
                     yield BatchMessage(chunks, abort_channel)
                     abort_channel = None  # named in the first message only
+                    last_sent_s = time.monotonic()
         finally:
             for request_id in coalescers:  # left unfinished: the caller cancelled the stream
                 if self._sinks.pop(request_id, None) is not None:
                     self._engine.abort(request_id)
             if coalescers:
                 self._on_cancelled(len(coalescers))
+
+    def _slice_s(self) -> float:
+        """The time slice now: the configured one scaled by how full the engine is."""
+        if not self._stream_interval_s:
+            return 0.0
+        fullness = self._engine.num_active_streams / self._engine.max_num_seqs
+        return self._stream_interval_s * min(1.0, fullness)
 
     def _tag(self, items: list, coalescers: dict[str, ChunkCoalescer]) -> list[TaggedChunk]:
         """One step's engine items as TaggedChunks; requests that end leave `coalescers`."""
@@ -103,3 +126,10 @@ class BatchRunner:
                 del coalescers[request_id]
                 self._sinks.pop(request_id, None)
         return chunks
+
+
+def _urgent(item: RequestOutput | RequestFailure) -> bool:
+    """Sent without waiting for the slice: a first token (TTFT) or a request's end."""
+    if isinstance(item, RequestFailure) or item.finished:
+        return True
+    return item.num_output_tokens == len(item.new_token_ids) > 0

@@ -42,7 +42,10 @@ class ModelReplica:
         self.num_cancelled_streams = 0  # callers that left before their request finished
         self.stream_interval_tokens = config.replica.stream_interval_tokens
         self.batches = BatchRunner(
-            self.engine, self.stream_interval_tokens, on_cancelled=self._count_cancelled
+            self.engine,
+            self.stream_interval_tokens,
+            on_cancelled=self._count_cancelled,
+            stream_interval_s=config.replica.stream_interval_ms / 1000,
         )
         self._abort_listener = LazyAbortListener(on_abort=self.batches.abort_requests)
 

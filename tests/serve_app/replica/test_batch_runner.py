@@ -127,3 +127,20 @@ def test_closing_the_batch_stream_aborts_every_request():
     assert (stats.num_running, stats.num_used_kv_blocks) == (0, 0)
     assert replica.num_cancelled_streams == 3
     replica.engine.shutdown()
+
+
+def test_time_slices_under_load_carry_several_tokens_per_message_unchanged():
+    replica = ModelReplica(load_app_config({**ARGS, "replica": {"stream_interval_ms": 200}}))
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    sizes: list[list[int]] = []
+
+    def on_message(tokens):
+        sizes.append([len(ids) for ids in tokens.values()])
+
+    tokens, finals = asyncio.run(collect(replica, batch(params), on_message))
+    assert [tokens[f"r{i}"] for i in range(3)] == expected_tokens(params)
+    assert all(final.chunk.num_output_tokens == 24 for final in finals.values())
+    # 3 of 4 sequences: 150 ms slices; a step of `tiny` takes a few ms, so the 24 tokens
+    # arrive in far fewer messages than steps, the first tokens at once.
+    assert sizes[0] == [1, 1, 1] and len(sizes) < 12, sizes
+    replica.engine.shutdown()
