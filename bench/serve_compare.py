@@ -68,6 +68,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="KEY=VALUE",
         help="an extra app arg for the served systems (e.g. replica.stream_interval_tokens=4)",
     )
+    parser.add_argument(
+        "--serve-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an environment variable for Ray and Serve's processes (a Serve lever, e.g. "
+        "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -207,7 +215,9 @@ def run_served(args, model, port, batcher, saturation, single) -> SystemResult:
     return SystemResult(GRAPH_BATCHER if batcher else GRAPH_DIRECT, sat, one, cpu)
 
 
-def start_serve() -> int:
+def start_serve(serve_env: list[str]) -> int:
+    """A local Ray + Serve on a free loopback port; `serve_env` reaches every Ray process."""
+    os.environ.update(dict(item.split("=", 1) for item in serve_env))
     import ray
     from ray import serve
 
@@ -216,6 +226,7 @@ def start_serve() -> int:
         port = sock.getsockname()[1]
     ray.init(
         address="local",
+        _node_ip_address="127.0.0.1",  # loopback only
         num_cpus=4,
         include_dashboard=False,
         object_store_memory=256 << 20,
@@ -244,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         saturation, single = workloads(args)
         print(f"# {model}: offline ... load average {os.getloadavg()}", flush=True)
         offline[model] = run_offline(args, model, saturation, single)
-    port = start_serve()
+    port = start_serve(args.serve_env)
     try:
         for model in args.models:
             saturation, single = workloads(args)
