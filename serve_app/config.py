@@ -29,6 +29,13 @@ class AppConfigError(ValueError):
     """The application config is invalid; the message names each bad field."""
 
 
+def _check_order(section: BaseModel, low: str, high: str) -> None:
+    """Raise if field `low` of the section exceeds field `high`, naming both."""
+    low_value, high_value = getattr(section, low), getattr(section, high)
+    if low_value > high_value:
+        raise ValueError(f"{low} ({low_value}) must be <= {high} ({high_value})")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -42,10 +49,7 @@ class AutoscalingSettings(_Section):
 
     @model_validator(mode="after")
     def _ordered(self) -> AutoscalingSettings:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError(
-                f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})"
-            )
+        _check_order(self, "min_replicas", "max_replicas")
         return self
 
 
@@ -139,11 +143,7 @@ class AdmissionSettings(_Section):
 
     @model_validator(mode="after")
     def _ordered(self) -> AdmissionSettings:
-        if self.min_queued_requests > self.max_queued_requests:
-            raise ValueError(
-                f"min_queued_requests ({self.min_queued_requests}) must be <= "
-                f"max_queued_requests ({self.max_queued_requests})"
-            )
+        _check_order(self, "min_queued_requests", "max_queued_requests")
         return self
 
 
@@ -160,11 +160,7 @@ class LimitSettings(_Section):
 
     @model_validator(mode="after")
     def _default_within_max(self) -> LimitSettings:
-        if self.default_max_tokens > self.max_tokens:
-            raise ValueError(
-                f"default_max_tokens ({self.default_max_tokens}) must be <= "
-                f"max_tokens ({self.max_tokens})"
-            )
+        _check_order(self, "default_max_tokens", "max_tokens")
         return self
 
 
