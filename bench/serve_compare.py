@@ -76,6 +76,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="an environment variable for Ray and Serve's processes (a Serve lever, e.g. "
         "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0)",
     )
+    parser.add_argument(
+        "--direct-ingress",
+        action="store_true",
+        help="Serve's direct ingress: the ingress replica serves HTTP itself, no proxy hop",
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -196,6 +201,8 @@ def run_served(args, model, port, batcher, saturation, single) -> SystemResult:
 
     serve.run(build_app(app_args(args, model, batcher)), name=APP_NAME, route_prefix="/")
     try:
+        if args.direct_ingress:
+            port = direct_ingress_port(port)
         client = load_client(port, model, WARMUP_REQUESTS)
 
         async def measure() -> tuple[LoadReport, LoadReport, dict[str, float]]:
@@ -215,8 +222,45 @@ def run_served(args, model, port, batcher, saturation, single) -> SystemResult:
     return SystemResult(GRAPH_BATCHER if batcher else GRAPH_DIRECT, sat, one, cpu)
 
 
-def start_serve(serve_env: list[str]) -> int:
-    """A local Ray + Serve on a free loopback port; `serve_env` reaches every Ray process."""
+DIRECT_INGRESS_PORTS = 16  # the range Serve may give the ingress replica, from a free port
+
+
+def direct_ingress_env(first_port: int) -> list[str]:
+    """Serve's direct ingress with its HTTP ports in [first_port, + DIRECT_INGRESS_PORTS)."""
+    last = first_port + DIRECT_INGRESS_PORTS - 1
+    return [
+        "RAY_SERVE_ENABLE_DIRECT_INGRESS=1",
+        f"RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT={first_port}",
+        f"RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT={last}",
+        f"RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT={last + 1}",
+        f"RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT={last + DIRECT_INGRESS_PORTS}",
+    ]
+
+
+def direct_ingress_port(first_port: int) -> int:
+    """The port the ingress replica serves HTTP on: the one in its range that answers."""
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for port in range(first_port, first_port + DIRECT_INGRESS_PORTS):
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                    return port
+            except httpx.HTTPError:
+                continue
+        time.sleep(0.5)
+    raise RuntimeError(f"no direct-ingress HTTP port answered from {first_port}")
+
+
+def start_serve(serve_env: list[str], direct_ingress: bool = False) -> int:
+    """A local Ray + Serve on a free loopback port (with direct ingress: the first of the
+    ingress replica's port range); `serve_env` reaches every Ray process."""
+    if direct_ingress:
+        with socket.socket() as sock:  # a random range start in 30000-49999
+            sock.bind(("127.0.0.1", 0))
+            first_port = sock.getsockname()[1] % 20000 + 30000
+        serve_env = [*serve_env, *direct_ingress_env(first_port)]
     os.environ.update(dict(item.split("=", 1) for item in serve_env))
     import ray
     from ray import serve
@@ -233,7 +277,7 @@ def start_serve(serve_env: list[str]) -> int:
         log_to_driver=False,
     )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    return port
+    return first_port if direct_ingress else port
 
 
 def stop_serve() -> None:
@@ -255,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
         saturation, single = workloads(args)
         print(f"# {model}: offline ... load average {os.getloadavg()}", flush=True)
         offline[model] = run_offline(args, model, saturation, single)
-    port = start_serve(args.serve_env)
+    port = start_serve(args.serve_env, args.direct_ingress)
     try:
         for model in args.models:
             saturation, single = workloads(args)
