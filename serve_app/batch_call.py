@@ -28,6 +28,10 @@ class BatchAbortedError(RuntimeError):
     """A request of a batch call ended without the caller asking for it."""
 
 
+class BatchStreamEndedError(RuntimeError):
+    """The server ended a batch stream before all of its requests finished."""
+
+
 class BatchCall:
     def __init__(
         self,
@@ -85,7 +89,7 @@ class BatchCall:
                 if chunks:
                     self._deliver(chunks)
             stream_ended = True
-            self._fail(RuntimeError("the batch stream ended before all its requests finished"))
+            self._fail(BatchStreamEndedError("the batch stream ended before its requests did"))
         except asyncio.CancelledError:  # by `leave` once nobody waits, or at shutdown
             self._fail(BatchAbortedError("the batch call was cancelled"))
             raise

@@ -104,6 +104,16 @@ class ReplicaSettings(DeploymentSettings):
         return self.autoscaling.max_replicas if self.autoscaling else self.num_replicas
 
 
+class FailoverSettings(_Section):
+    """Mid-stream failover in the batcher (serve_app/batcher/failover.py): a request whose
+    replica fails is resumed on another with the tokens it already has."""
+
+    enabled: bool = True
+    max_attempts: int = Field(5, ge=1)  # resumes of one request, at most
+    backoff_s: float = Field(0.2, ge=0)  # the first retry waits up to this (full jitter)
+    max_backoff_s: float = Field(5.0, ge=0)  # doubling per attempt, capped here
+
+
 class BatcherSettings(DeploymentSettings):
     """The adaptive micro-batcher between the ingress and the model replicas.
 
@@ -114,6 +124,7 @@ class BatcherSettings(DeploymentSettings):
 
     enabled: bool = True  # false: the ingress calls the model replicas directly
     policy: dict[str, int | float] = Field(default_factory=dict)
+    failover: FailoverSettings = Field(default_factory=FailoverSettings)
 
     @field_validator("policy")
     @classmethod

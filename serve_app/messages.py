@@ -28,9 +28,13 @@ class TokenChunk:
 
 @dataclass(slots=True)
 class BatchRequest:
+    """One request of a batch call; `output_ids` are the tokens it already generated on a
+    replica that failed (a failover resume continues after them)."""
+
     request_id: str
     prompt_ids: list[int]
     params: SamplingParams
+    output_ids: list[int] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -11,6 +11,11 @@ ingress streams those requests came from: one message per ingress stream per rep
 message, never one per token per request. Policy knobs arrive as the deployment's
 `user_config` (`reconfigure`).
 
+Failover. When a replica fails under a request (serve_app/batcher/failover.py), the
+request is not failed: after a jittered backoff it rejoins the front of the queue and is
+forwarded again with the tokens it has (`BatchRequest.output_ids`), and its caller's
+stream continues after the last token it got. Bounded by `batcher.failover.max_attempts`.
+
 Cancellation. A request whose ingress stream aborts it (through this batcher's
 AbortChannel, serve_app/abort_channel.py), or whose whole ingress stream is cancelled,
 leaves: dropped from the queue if it is still there, else aborted on its replica through
@@ -24,6 +29,7 @@ import contextlib
 import contextvars
 import logging
 import os
+import random
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Mapping
@@ -31,6 +37,7 @@ from dataclasses import dataclass
 
 from serve_app.abort_channel import AbortSender, LazyAbortListener
 from serve_app.batch_call import BatchCall
+from serve_app.batcher.failover import backoff_s, is_replica_failure
 from serve_app.batcher.policy import AdaptiveBatchPolicy, BatchPolicyConfig
 from serve_app.batcher.request_state import RequestState
 from serve_app.config import AppConfig
@@ -50,7 +57,9 @@ class _Waiter:
     state: RequestState
     arrived_s: float
     outbox: Mailbox  # the ingress stream it came in on (TaggedChunks)
-    call: BatchCall | None = None  # None while queued
+    call: BatchCall | None = None  # None while queued or waiting to be resumed
+    num_failovers: int = 0
+    retry: asyncio.TimerHandle | None = None  # a pending resume after a failure
 
 
 class Batcher:
@@ -61,6 +70,9 @@ class Batcher:
         self.metrics = BatcherMetrics.create()
         self.batch_size_counts: Counter[int] = Counter()
         self._replica = replica_handle.options(stream=True, method_name="generate_batch")
+        self._failover = config.batcher.failover
+        self._rng = random.Random()
+        self.num_failovers = 0
         self._abort_sender = abort_sender or AbortSender()
         self._abort_listener = LazyAbortListener(on_abort=self.abort_requests)
         self._queue: deque[_Waiter] = deque()
@@ -115,6 +127,7 @@ class Batcher:
             "num_live_requests": len(self._live),
             "num_batches_running": len(self._calls),
             "batch_size_counts": dict(self.batch_size_counts),
+            "num_failovers": self.num_failovers,
             "policy": self.policy.config.to_dict(),
             "window_s": snapshot.window_s,
             "target_batch_size": snapshot.target_batch_size,
@@ -139,7 +152,9 @@ class Batcher:
         if waiter is None:
             return False
         waiter.state.cancelled = True
-        if waiter.call is None:
+        if waiter.retry is not None:
+            waiter.retry.cancel()  # it was waiting to be resumed
+        elif waiter.call is None:
             self._queue.remove(waiter)  # nothing reached a replica yet
         else:
             waiter.call.leave(request_id)
@@ -166,7 +181,10 @@ class Batcher:
 
     def _forward(self, waiters: list[_Waiter]) -> None:
         requests = [
-            BatchRequest(w.state.request_id, w.state.prompt_ids, w.state.params) for w in waiters
+            BatchRequest(
+                w.state.request_id, w.state.prompt_ids, w.state.params, list(w.state.output_ids)
+            )
+            for w in waiters
         ]
         call = BatchCall(
             self._replica,
@@ -185,6 +203,41 @@ class Batcher:
         self._calls.add(call)
         call.start().add_done_callback(lambda _: self._calls.discard(call))
 
+    def _resume_later(self, waiter: _Waiter, error: BaseException) -> bool:
+        """Schedule a failed request's resume on another replica, if failover may."""
+        settings = self._failover
+        if not (settings.enabled and is_replica_failure(error)):
+            return False
+        if waiter.num_failovers >= settings.max_attempts:
+            logger.warning(
+                "request %s: replica failed again after %d failovers, giving up: %r",
+                waiter.state.request_id,
+                waiter.num_failovers,
+                error,
+            )
+            return False
+        waiter.num_failovers += 1
+        self.num_failovers += 1
+        waiter.call = None
+        delay_s = backoff_s(
+            waiter.num_failovers, settings.backoff_s, settings.max_backoff_s, self._rng
+        )
+        logger.info(
+            "request %s: failover %d after %d tokens in %.2fs (%r)",
+            waiter.state.request_id,
+            waiter.num_failovers,
+            len(waiter.state.output_ids),
+            delay_s,
+            error,
+        )
+        waiter.retry = asyncio.get_running_loop().call_later(delay_s, self._requeue, waiter)
+        return True
+
+    def _requeue(self, waiter: _Waiter) -> None:
+        waiter.retry = None
+        self._queue.appendleft(waiter)  # it has waited already: first in line
+        self._arrived.set()
+
     def _deliver(self, chunks: list[TaggedChunk]) -> None:
         """One replica message: fold each chunk into its request, one put per ingress stream."""
         by_outbox: dict[Mailbox, list[TaggedChunk]] = {}
@@ -194,6 +247,8 @@ class Batcher:
                 continue  # its caller left; the abort is on its way to the replica
             if tagged.chunk is not None:
                 waiter.state.record(tagged.chunk)
+            elif tagged.error is not None and self._resume_later(waiter, tagged.error):
+                continue  # the caller hears nothing of it: its stream goes on after the resume
             if tagged.final:
                 del self._live[tagged.request_id]
             by_outbox.setdefault(waiter.outbox, []).append(tagged)

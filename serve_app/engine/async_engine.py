@@ -34,6 +34,17 @@ class EngineDeadError(RuntimeError):
 
 
 @dataclass(slots=True)
+class EngineRequest:
+    """One request for `add_requests`; `output_ids`: tokens it already generated elsewhere
+    (a failover resume, see LLMEngine.add_request)."""
+
+    request_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    output_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class RequestFailure:
     """A request that ended without output: rejected (`error` set) or aborted (None)."""
 
@@ -110,22 +121,20 @@ class AsyncEngine:
             raise self._error
 
     # ---- caller side ------------------------------------------------------------------
-    def add_requests(
-        self, requests: list[tuple[str, list[int], SamplingParams]], sink: Mailbox
-    ) -> None:
-        """Queue (request_id, prompt ids, params) triples whose outputs go to `sink`. An
-        invalid request is not queued: its RequestFailure goes to the sink at once."""
+    def add_requests(self, requests: list[EngineRequest], sink: Mailbox) -> None:
+        """Queue requests whose outputs go to `sink`. An invalid request is not queued: its
+        RequestFailure goes to the sink at once."""
         self._raise_if_dead()
         accepted = []
         rejected: list[SinkItem] = []
-        for request_id, prompt_token_ids, params in requests:
+        for request in requests:
             try:
-                self.engine.validate_request(prompt_token_ids, params)
+                self.engine.validate_request(request.prompt_ids, request.params, request.output_ids)
             except ValueError as error:
-                rejected.append(RequestFailure(request_id, error))
+                rejected.append(RequestFailure(request.request_id, error))
                 continue
-            self._sinks[request_id] = sink
-            accepted.append((request_id, list(prompt_token_ids), params))
+            self._sinks[request.request_id] = sink
+            accepted.append(request)
         if rejected:
             sink.put(rejected)
         if accepted:
@@ -143,7 +152,7 @@ class AsyncEngine:
         self.engine.validate_request(prompt_token_ids, sampling_params)
         request_id = request_id or uuid.uuid4().hex
         sink = Mailbox.on_running_loop()
-        self.add_requests([(request_id, prompt_token_ids, sampling_params)], sink)
+        self.add_requests([EngineRequest(request_id, prompt_token_ids, sampling_params)], sink)
         finished = False
         try:
             while not finished:
@@ -249,13 +258,18 @@ class AsyncEngine:
             except queue.Empty:
                 return
             if command[0] == "add":
-                for request_id, prompt_token_ids, params in command[1]:
-                    if request_id not in self._sinks:
+                for request in command[1]:
+                    if request.request_id not in self._sinks:
                         continue  # the caller left before the engine saw the request
                     try:
-                        self.engine.add_request(prompt_token_ids, params, request_id)
+                        self.engine.add_request(
+                            request.prompt_ids,
+                            request.params,
+                            request.request_id,
+                            request.output_ids,
+                        )
                     except ValueError as error:
-                        sink = self._sinks.pop(request_id)
-                        sink.push([RequestFailure(request_id, error)])
+                        sink = self._sinks.pop(request.request_id)
+                        sink.push([RequestFailure(request.request_id, error)])
             else:
                 self.engine.abort(command[1])

@@ -70,26 +70,44 @@ class LLMEngine:
         prompt_token_ids: list[int],
         sampling_params: SamplingParams,
         request_id: str | None = None,
+        output_token_ids: list[int] | None = None,
     ) -> str:
+        """Queue a request. `output_token_ids`: tokens it already generated elsewhere (a
+        failover resume): they count as output (max_tokens, min_tokens, penalties, seeded
+        sampling's positions), are prefilled with the prompt and are not reported again."""
         arrival = next(self._arrivals)
         request_id = request_id if request_id is not None else f"req-{arrival}"
-        self.validate_request(prompt_token_ids, sampling_params)
+        resumed = list(output_token_ids or [])
+        self.validate_request(prompt_token_ids, sampling_params, resumed)
         if request_id in self.sequences:
             raise RequestError(f"request_id {request_id!r} is already in use")
         seq = Sequence(request_id, list(prompt_token_ids), sampling_params, arrival)
+        seq.output_token_ids = resumed
+        seq.num_reported_tokens = len(resumed)
         self.sequences[request_id] = seq
         self.scheduler.add(seq)
         return request_id
 
-    def validate_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+    def validate_request(
+        self,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        output_token_ids: list[int] | None = None,
+    ) -> None:
+        resumed = output_token_ids or []
         if not prompt_token_ids:
             raise RequestError("prompt must contain at least 1 token, got an empty prompt")
-        if len(prompt_token_ids) >= self.max_model_len:
+        if len(prompt_token_ids) + len(resumed) >= self.max_model_len:
             raise RequestError(
-                f"prompt has {len(prompt_token_ids)} tokens; it must be shorter than "
-                f"max_model_len ({self.max_model_len})"
+                f"prompt has {len(prompt_token_ids) + len(resumed)} tokens; it must be shorter "
+                f"than max_model_len ({self.max_model_len})"
             )
-        bad = [t for t in prompt_token_ids if not 0 <= t < self.vocab_size]
+        if len(resumed) >= params.max_tokens:
+            raise RequestError(
+                f"a resumed request has {len(resumed)} output tokens already; max_tokens "
+                f"({params.max_tokens}) leaves none to generate"
+            )
+        bad = [t for t in prompt_token_ids + resumed if not 0 <= t < self.vocab_size]
         if bad:
             raise RequestError(f"prompt token ids must be in [0, {self.vocab_size}), got {bad[:5]}")
         if params.stop_token_ids and max(params.stop_token_ids) >= self.vocab_size:
@@ -151,7 +169,11 @@ class LLMEngine:
         for chunk in chunks:
             seq = chunk.seq
             new_tokens = seq.output_token_ids[seq.num_reported_tokens :]
-            new_logprobs = seq.output_logprobs[seq.num_reported_tokens :]
+            # Logprobs exist for the tokens generated here (a resumed request has fewer).
+            num_logprobs = len(seq.output_logprobs)
+            new_logprobs = (
+                seq.output_logprobs[num_logprobs - len(new_tokens) :] if new_tokens else []
+            )
             seq.num_reported_tokens = seq.num_output_tokens
             finished = seq.finish_reason is not None
             if finished:

@@ -1,6 +1,6 @@
 """Map what can fail behind the TokenStreamer (Serve, Ray, the engine) to OpenAI errors:
 overload is 429 with Retry-After, a request the engine rejects is 400, a replica that is
-gone or dead is 503."""
+gone or dead (after the batcher's failover attempts) is 503, both with Retry-After."""
 
 from __future__ import annotations
 
@@ -20,7 +20,12 @@ def to_api_error(error: BaseException, retry_after_s: int) -> APIError:
     if isinstance(error, BackPressureError) or isinstance(cause, BackPressureError):
         return overloaded(retry_after_s, "the server is overloaded; retry after a moment")
     if isinstance(cause, EngineDeadError | RayActorError | DeploymentUnavailableError):
-        return APIError(503, f"the model replica is unavailable: {cause}", code="unavailable")
+        return APIError(
+            503,
+            f"the model replica is unavailable: {cause}",
+            code="unavailable",
+            headers={"Retry-After": str(retry_after_s)},
+        )
     if isinstance(cause, ValueError):
         return APIError(400, str(cause), code="invalid_value")
     logger.error("request failed downstream", exc_info=error)

@@ -39,7 +39,8 @@ def test_overload_is_resource_exhausted_with_retry_after_metadata() -> None:
 def test_dead_or_unavailable_replica_is_unavailable(error: Exception) -> None:
     failure = failure_of(error, 1)
     assert (failure.code, failure.http_status) == (grpc.StatusCode.UNAVAILABLE, 503)
-    assert failure.trailing_metadata == ()
+    assert failure.trailing_metadata == (("retry-after", "1"),)  # a client may come back
+    assert failure.details.endswith("(retry after 1 s)")
 
 
 @pytest.mark.parametrize(

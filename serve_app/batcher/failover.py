@@ -1,0 +1,40 @@
+"""Failover: which batch-call failures the batcher resumes elsewhere, and when.
+
+A request whose replica died, was drained, or whose call failed with a replica or actor
+error is resumed on another replica with `prompt + tokens generated so far` (the engine
+treats those as its output: LLMEngine.add_request), so its caller's stream continues
+with no gap and no repeated token. A request the engine rejected (a ValueError such as
+RequestError) is never retried. Attempts are bounded; each waits a backoff with full
+jitter so that a burst of failed requests does not hammer the replica being replaced.
+"""
+
+from __future__ import annotations
+
+import random
+
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+from serve_app.batch_call import BatchStreamEndedError
+from serve_app.engine.async_engine import EngineDeadError
+from serve_app.engine.tensor_parallel import TensorParallelError
+
+REPLICA_FAILURES = (
+    RayActorError,  # the replica actor died or is unreachable (ActorDiedError, ...)
+    EngineDeadError,  # its engine loop stopped
+    TensorParallelError,  # one of its tensor-parallel ranks died
+    BatchStreamEndedError,  # its stream ended before the requests did (a drained replica)
+    DeploymentUnavailableError,  # no replica at the moment
+    BackPressureError,  # every replica's queue is full right now
+)
+
+
+def is_replica_failure(error: BaseException) -> bool:
+    """Whether a batch call's error is the replica's fault, not the request's."""
+    cause = getattr(error, "cause", None) or error  # RayTaskError wraps the replica's error
+    return isinstance(error, REPLICA_FAILURES) or isinstance(cause, REPLICA_FAILURES)
+
+
+def backoff_s(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
+    """Full jitter: uniform in [0, min(max_s, base_s * 2**(attempt - 1))], attempt >= 1."""
+    return rng.uniform(0.0, min(max_s, base_s * 2 ** (attempt - 1)))

@@ -1,0 +1,140 @@
+"""Mid-stream failover without Ray: when the replica serving a batch dies part-way, the
+batcher resumes each of its requests elsewhere with the tokens it already has; every
+caller gets exactly the tokens (greedy, and seeded with penalties) and counts of a
+fault-free run, with no gap and no repeated token. A request the engine rejects is never
+retried, and failover switched off hands the failure to the caller."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from contextlib import aclosing
+
+import pytest
+from ray.exceptions import ActorDiedError
+
+from serve_app.batcher.failover import backoff_s, is_replica_failure
+from serve_app.engine.async_engine import EngineDeadError
+from serve_app.engine.engine import LLMEngine, RequestError
+from serve_app.engine.sampling_params import SamplingParams
+from serve_app.messages import BatchRequest
+from tests.serve_app.batcher.test_batcher_local import ENGINE_ARGS, PROMPTS, Local, LocalHandle
+
+FAST_FAILOVER = {"backoff_s": 0.01, "max_backoff_s": 0.05}
+
+
+class DyingReplica(LocalHandle):
+    """The first `num_deaths` calls die (ActorDiedError) after `messages_before_death`."""
+
+    def __init__(self, inner: LocalHandle, num_deaths: int, messages_before_death: int) -> None:
+        super().__init__(inner._generate_batch, inner.channel_name)
+        self.num_deaths = num_deaths
+        self.messages_before_death = messages_before_death
+        self.resumed: list[BatchRequest] = []
+
+    def remote(self, requests: list[BatchRequest]):
+        self.resumed += [r for r in requests if r.output_ids]
+        return super().remote(requests)
+
+    async def _named(self, stream):
+        dies = self.num_deaths > 0
+        self.num_deaths -= 1
+        sent = 0
+        async with aclosing(super()._named(stream)) as messages:
+            async for message in messages:
+                if dies and sent == self.messages_before_death:
+                    raise ActorDiedError()  # closing the stream aborts the rest on the engine
+                sent += 1
+                yield message
+
+
+def local_with_dying_replica(num_deaths: int, failover: dict | None = None) -> tuple:
+    local = Local({"max_wait_ms": 500, "target_ttft_ms": 10_000, "max_batch_size": 8})
+    local.batcher._failover = local.batcher._failover.model_copy(
+        update={**FAST_FAILOVER, **(failover or {})}
+    )
+    dying = DyingReplica(local.to_replica, num_deaths, messages_before_death=4)
+    local.batcher._replica = dying
+    return local, dying
+
+
+async def run_all(local: Local, params: list[SamplingParams]) -> list:
+    async def one(index: int):
+        tokens, counts = [], []
+        async with aclosing(local.stream(index, params[index])) as stream:
+            async for chunk in stream:
+                tokens += chunk.token_ids
+                counts.append(chunk.num_output_tokens)
+        return tokens, counts
+
+    for _ in range(12):
+        local.batcher.policy.record_arrival()
+    return await asyncio.gather(*(one(i) for i in range(len(params))), return_exceptions=True)
+
+
+def expected(params: list[SamplingParams]) -> list[list[int]]:
+    from serve_app.config import load_app_config
+
+    engine = LLMEngine(load_app_config({"engine": ENGINE_ARGS}).engine)
+    return engine.generate(PROMPTS[: len(params)], params)
+
+
+def test_requests_continue_on_another_replica_with_identical_tokens():
+    greedy = SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)
+    seeded = SamplingParams(
+        max_tokens=16, temperature=1.0, seed=3, frequency_penalty=1.0, ignore_eos=True
+    )
+    params = [greedy, seeded, greedy, seeded]
+    local, dying = local_with_dying_replica(num_deaths=2)
+    results = asyncio.run(run_all(local, params))
+    for (tokens, counts), want in zip(results, expected(params), strict=True):
+        assert tokens == want  # no gap, no repeat, the same draws after the resume
+        assert counts == sorted(set(counts)) and counts[-1] == 16  # counts only grow
+    assert local.batcher.num_failovers >= 4  # every request of the first batch, at least
+    assert all(0 < len(r.output_ids) < 16 for r in dying.resumed)
+    assert asyncio.run(local.batcher.live_requests()) == {}
+    stats = local.replica.engine.stats()
+    assert (stats.num_running, stats.num_used_kv_blocks) == (0, 0)  # nothing left behind
+    local.replica.engine.shutdown()
+
+
+def test_failover_off_or_exhausted_hands_the_failure_to_the_caller():
+    params = [SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)] * 2
+    local, _ = local_with_dying_replica(num_deaths=1, failover={"enabled": False})
+    results = asyncio.run(run_all(local, params))
+    assert all(isinstance(result, ActorDiedError) for result in results)
+    local.replica.engine.shutdown()
+
+    local, _ = local_with_dying_replica(num_deaths=10, failover={"max_attempts": 2})
+    results = asyncio.run(run_all(local, params))
+    assert all(isinstance(result, ActorDiedError) for result in results)
+    assert local.batcher.num_failovers == 2 * len(params)
+    local.replica.engine.shutdown()
+
+
+def test_only_replica_failures_are_retried_and_backoff_has_full_jitter():
+    assert is_replica_failure(ActorDiedError())
+    assert is_replica_failure(EngineDeadError("loop died"))
+    assert not is_replica_failure(RequestError("bad prompt"))
+    assert not is_replica_failure(ValueError("bad"))
+    rng = random.Random(0)
+    delays = [backoff_s(attempt, 0.2, 1.0, rng) for attempt in (1, 2, 3, 4, 5) for _ in range(50)]
+    bounds = [0.2, 0.4, 0.8, 1.0, 1.0]
+    for index, delay in enumerate(delays):
+        assert 0.0 <= delay <= bounds[index // 50]
+    assert max(delays[200:]) > 0.8  # the cap, not the doubling, bounds late attempts
+
+
+@pytest.mark.parametrize("failover", [True, False])
+def test_a_rejected_request_is_never_retried(failover):
+    local = Local({"max_wait_ms": 500, "target_ttft_ms": 10_000})
+
+    async def run():
+        stream = local.streamer.stream([10**9], SamplingParams(max_tokens=2), "bad")
+        with pytest.raises(RequestError):
+            async for _ in stream:
+                pass
+
+    asyncio.run(run())
+    assert local.batcher.num_failovers == 0
+    local.replica.engine.shutdown()
