@@ -9,6 +9,7 @@ The gRPC methods (`Generate`, `GenerateStream`) come from `GrpcMethods` (grpc_in
 and run the same steps.
 """
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -38,6 +39,8 @@ from serve_app.ingress.token_source import BatchingTokenStreamer, TokenStreamer
 from serve_app.ingress.validation import check_model, parse_request
 from serve_app.metrics import IngressMetrics
 
+HEALTH_TIMEOUT_S = 5.0  # a replica that cannot answer this fast is not serving
+
 api = FastAPI(title="serve-app OpenAI-compatible API")
 install_error_handlers(api)
 
@@ -56,12 +59,27 @@ class OpenAIIngress(GrpcMethods):
             config.limits.retry_after_s,
         )
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(config.model))
+        self._ready = model_handle.options(method_name="ready")  # batcher or replica
         self.api_keys = ApiKeys.from_settings(config.auth)
         self.metrics = IngressMetrics.create()
         self.created = now()
 
     @api.get("/health")
-    async def health(self) -> dict[str, str]:
+    async def health(self):
+        """200 only when a model replica answers that its engine can serve (not merely that
+        this ingress is up); 503 + Retry-After otherwise."""
+        try:
+            await asyncio.wait_for(self._ready.remote(), HEALTH_TIMEOUT_S)
+        except Exception as error:
+            reason = "timed out" if isinstance(error, TimeoutError) else repr(error)
+            return error_response(
+                APIError(
+                    503,
+                    f"no model replica can serve: {reason}",
+                    code="unavailable",
+                    headers={"Retry-After": str(self.limits.retry_after_s)},
+                )
+            )
         return {"status": "ok"}
 
     @api.get("/v1/models")

@@ -68,6 +68,11 @@ class ModelReplica:
             "num_cancelled_streams": self.num_cancelled_streams,
         }
 
+    async def ready(self) -> bool:
+        """For the ingress's /health (through the batcher): True, or the engine's failure."""
+        self.engine.check_health()
+        return True
+
     async def check_health(self) -> None:
         """Called by Serve; raising marks the replica unhealthy and gets it replaced."""
         self.engine.check_health()

@@ -1,7 +1,8 @@
-"""Failover through Serve: under concurrent streaming load (greedy and seeded requests), the
-busiest of two model replicas is killed mid-stream (SIGKILL, no notice); every request
-completes with exactly the text and usage of a fault-free run of the same requests, and
-the batcher counts its failovers."""
+"""Failover and health through Serve. Under concurrent streaming load (greedy and seeded
+requests) the busiest of two model replicas is killed mid-stream (SIGKILL, no notice):
+every request completes with exactly the text and usage of a fault-free run of the same
+requests, and the batcher counts its failovers. While no replica answers (all stopped),
+the ingress's /health is 503, and 200 again once they answer."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def chaos_url(live_app):
             **live_app.args["batcher"],
             "num_cpus": 0.05,
             "policy": {"max_batch_size": 2},  # several batches, over both replicas
-            "failover": {"max_attempts": 20, "max_backoff_s": 1.0},
+            # Enough attempts to outlast Serve starting new replicas on a busy machine.
+            "failover": {"max_attempts": 100, "max_backoff_s": 1.0},
         },
     }
     serve.run(build_app(args), name=CHAOS_APP, route_prefix="/" + CHAOS_APP)
@@ -87,14 +89,28 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def kill_the_busiest_replica() -> int:
+def num_failovers() -> int:
+    from ray import serve
+
+    from serve_app.app import BATCHER_NAME
+
+    batcher = serve.get_deployment_handle(BATCHER_NAME, app_name=CHAOS_APP)
+    return batcher.stats.remote().result(timeout_s=30)["num_failovers"]
+
+
+def kill_replicas_until_a_failover() -> None:
+    """SIGKILL the busiest replica; if it held no request (no failover within 2 s), the other
+    one too (Serve then starts new ones, and the requests wait for them)."""
     pids = replica_pids()
     assert len(pids) == 2, pids
+    failovers_before = num_failovers()
     before = {pid: cpu_ticks(pid) for pid in pids}
     time.sleep(0.5)
     busiest = max(pids, key=lambda pid: cpu_ticks(pid) - before[pid])
     os.kill(busiest, signal.SIGKILL)
-    return busiest
+    time.sleep(2.0)
+    if num_failovers() == failovers_before:
+        os.kill(next(pid for pid in pids if pid != busiest), signal.SIGKILL)
 
 
 def run_load(url: str, headers: dict, kill: bool) -> list:
@@ -108,22 +124,37 @@ def run_load(url: str, headers: dict, kill: bool) -> list:
             if kill:
                 await first_token.wait()
                 await asyncio.sleep(0.3)  # well inside the streams
-                await asyncio.to_thread(kill_the_busiest_replica)
+                await asyncio.to_thread(kill_replicas_until_a_failover)
             return await asyncio.gather(*tasks)
 
     return asyncio.run(run())
 
 
 def test_killing_a_replica_mid_stream_loses_no_request_and_changes_no_token(live_app, chaos_url):
-    from ray import serve
-
-    from serve_app.app import BATCHER_NAME
 
     fault_free = run_load(chaos_url, live_app.headers(), kill=False)
+    assert num_failovers() == 0
     with_kill = run_load(chaos_url, live_app.headers(), kill=True)
     assert with_kill == fault_free  # same text (greedy and seeded), same usage
     assert all(usage["completion_tokens"] == MAX_TOKENS for _, usage in with_kill)
-    batcher = serve.get_deployment_handle(BATCHER_NAME, app_name=CHAOS_APP)
-    stats = batcher.stats.remote().result(timeout_s=30)
-    print(f"failovers: {stats['num_failovers']}")
-    assert stats["num_failovers"] >= 1
+    print(f"failovers: {num_failovers()}")
+    assert num_failovers() >= 1
+
+
+def test_health_is_503_while_no_replica_can_answer_and_200_again_after(chaos_url):
+    assert httpx.get(chaos_url + "/health", timeout=30).status_code == 200
+    pids = replica_pids()
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)  # alive to Ray, but no engine answers: a zombie
+    try:
+        response = httpx.get(chaos_url + "/health", timeout=30)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "unavailable"
+    assert response.headers["retry-after"]
+    deadline = time.monotonic() + 60
+    while httpx.get(chaos_url + "/health", timeout=30).status_code != 200:
+        assert time.monotonic() < deadline, "health did not recover"
+        time.sleep(0.5)
