@@ -30,7 +30,13 @@ class RayNodeDrainer:
         from ray._raylet import GcsClient
 
         try:
-            self.gcs_address = services.canonicalize_bootstrap_address_or_die(ray_address)
+            # An explicit host:port is used as given: Ray's canonical form would swap a
+            # loopback host for this machine's IP, where a loopback-only GCS is not listening.
+            self.gcs_address = (
+                services.canonicalize_bootstrap_address_or_die(ray_address)
+                if ray_address == "auto"
+                else ray_address
+            )
             self._gcs = GcsClient(address=self.gcs_address)
         except Exception as error:  # Ray raises ConnectionError, RuntimeError or SystemExit
             raise DrainError(
