@@ -54,7 +54,10 @@ class RetryPolicy(BaseModel):
 
     def backoff_cap_s(self, retry_index: int) -> float:
         """The upper end of the jittered wait before retry number `retry_index` (0-based)."""
-        return min(self.max_backoff_s, self.initial_backoff_s * self.multiplier**retry_index)
+        try:
+            return min(self.max_backoff_s, self.initial_backoff_s * self.multiplier**retry_index)
+        except OverflowError:  # a long retry run: the cap has long been reached
+            return self.max_backoff_s
 
 
 class ClientError(Exception):
