@@ -41,6 +41,11 @@ def error_reply(status: int, message: str, retry_after: str | None = None) -> Re
     return Reply(status, {"error": {"message": message, "type": "x", "param": None}}, headers)
 
 
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request, client_address) -> None:
+        pass  # a client that gave up (the deadline tests) breaks the pipe: expected here
+
+
 class ScriptedHttpServer:
     def __init__(self, *replies: Reply | SseReply) -> None:
         self.replies = list(replies)
@@ -88,7 +93,7 @@ class ScriptedHttpServer:
             def log_message(self, *args) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
