@@ -5,6 +5,7 @@ key, the deadline, and streams cut mid-way."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -52,6 +53,7 @@ class ScriptedLLM(llm_pb2_grpc.LLMServicer):
     def __init__(self, *script) -> None:
         self.script = list(script)
         self.metadata: list[dict[str, str]] = []
+        self.released = threading.Event()  # ends the delays of slow steps at teardown
 
     def _next(self, context):
         self.metadata.append(dict(context.invocation_metadata()))
@@ -60,9 +62,8 @@ class ScriptedLLM(llm_pb2_grpc.LLMServicer):
             self._abort(step, context)
         return step
 
-    @staticmethod
-    def _abort(failure: Fail, context) -> None:
-        time.sleep(failure.delay_s)
+    def _abort(self, failure: Fail, context) -> None:
+        self.released.wait(failure.delay_s)
         context.set_trailing_metadata(failure.trailing)
         context.abort(failure.code, failure.details)
 
@@ -90,11 +91,12 @@ def serve() -> Iterator:
         llm_pb2_grpc.add_LLMServicer_to_server(servicer, server)
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
-        servers.append(server)
+        servers.append((servicer, server))
         return servicer, f"127.0.0.1:{port}"
 
     yield start
-    for server in servers:
+    for servicer, server in servers:
+        servicer.released.set()
         server.stop(grace=None)
 
 
@@ -150,16 +152,16 @@ def test_the_deadline_bounds_a_slow_call_and_a_refused_server():
         started = time.monotonic()
         with pytest.raises(DeadlineExceededError):
             client.generate(REQUEST)
-        assert 0.8 < time.monotonic() - started < 2.5
+        assert 0.8 < time.monotonic() - started < 6  # generous: a loaded shared box
 
 
 def test_a_slow_answer_ends_at_the_deadline(serve):
-    _, target = serve(Fail(Code.UNAVAILABLE, "too late", delay_s=3))
+    _, target = serve(Fail(Code.UNAVAILABLE, "too late", delay_s=20))
     with RetryingGrpcClient(target, policy=RetryPolicy(total_timeout_s=0.5)) as client:
         started = time.monotonic()
         with pytest.raises(DeadlineExceededError, match="DEADLINE_EXCEEDED"):
             client.generate(REQUEST)
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 6
 
 
 @pytest.mark.parametrize(

@@ -86,7 +86,7 @@ def test_retry_after_is_waited_for_in_real_time():
         started = time.monotonic()
         client.post("/completions", BODY)
         elapsed = time.monotonic() - started
-    assert 1.0 <= elapsed < 5.0  # the jittered backoff alone would be under 0.05 s
+    assert 1.0 <= elapsed < 10  # the jittered backoff alone would be under 0.05 s
 
 
 def test_retry_after_beyond_the_deadline_ends_the_call_without_waiting():
@@ -98,7 +98,7 @@ def test_retry_after_beyond_the_deadline_ends_the_call_without_waiting():
         started = time.monotonic()
         with pytest.raises(DeadlineExceededError, match="total_timeout_s"):
             client.post("/completions", BODY)
-    assert time.monotonic() - started < 1.5 and len(server.requests) == 1
+    assert time.monotonic() - started < 10 and len(server.requests) == 1  # not 30 s
 
 
 def test_the_total_deadline_bounds_retries_and_slow_answers():
@@ -110,13 +110,13 @@ def test_the_total_deadline_bounds_retries_and_slow_answers():
         started = time.monotonic()
         with pytest.raises(DeadlineExceededError, match=r"after [0-9]+ attempt"):
             client.post("/completions", BODY)
-        assert 0.8 < time.monotonic() - started < 2.0
+        assert 0.8 < time.monotonic() - started < 6  # generous: a loaded shared box
     assert 3 < len(server.requests) < 200
-    with serving(Reply(200, {}, delay_s=3), policy=policy) as (server, client):
+    with serving(Reply(200, {}, delay_s=20), policy=policy) as (server, client):
         started = time.monotonic()
         with pytest.raises(DeadlineExceededError):
             client.post("/completions", BODY)
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 6
 
 
 def test_connection_refused_is_retried_up_to_max_attempts():
