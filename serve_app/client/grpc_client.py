@@ -16,12 +16,12 @@ from collections.abc import AsyncIterator, Iterator
 import grpc
 import grpc.aio
 
+from serve_app.client.base import AsyncClientBase, SyncClientBase
 from serve_app.client.retry import (
     DeadlineExceededError,
     Failure,
     RequestFailedError,
     RetryPolicy,
-    RetrySchedule,
     Waits,
     async_call_with_retries,
     call_with_retries,
@@ -64,23 +64,19 @@ def _count(progress: StreamProgress, chunk: llm_pb2.GenerateChunk) -> None:
     progress.done = progress.done or bool(chunk.finish_reason)
 
 
-class _GrpcClientBase:
-    def __init__(self, api_key, application, policy, waits):
-        self.api_key = api_key
-        self.application = application
-        self.policy = policy or RetryPolicy()
-        self.waits = waits or Waits()
-
-    def _metadata(self, idempotency_key: str | None) -> list[tuple[str, str]]:
-        metadata = [(IDEMPOTENCY_METADATA, idempotency_key or new_idempotency_key())]
-        if self.application:
-            metadata.append(("application", self.application))
-        if self.api_key:
-            metadata.append(("authorization", f"Bearer {self.api_key}"))
-        return metadata
+def call_metadata(
+    api_key: str | None, application: str | None, idempotency_key: str | None
+) -> list[tuple[str, str]]:
+    """The metadata of every attempt of one call."""
+    metadata = [(IDEMPOTENCY_METADATA, idempotency_key or new_idempotency_key())]
+    if application:
+        metadata.append(("application", application))
+    if api_key:
+        metadata.append(("authorization", f"Bearer {api_key}"))
+    return metadata
 
 
-class RetryingGrpcClient(_GrpcClientBase):
+class RetryingGrpcClient(SyncClientBase):
     """Sync client: `RetryingGrpcClient("127.0.0.1:9000", api_key=..., application="llm")`."""
 
     def __init__(
@@ -92,33 +88,28 @@ class RetryingGrpcClient(_GrpcClientBase):
         *,
         waits: Waits | None = None,
     ):
-        super().__init__(api_key, application, policy, waits)
+        super().__init__(policy, waits)
+        self.api_key, self.application = api_key, application
         self._channel = grpc.insecure_channel(target)
         self._stub = llm_pb2_grpc.LLMStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
 
-    def __enter__(self) -> RetryingGrpcClient:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
     def generate(
         self, request: llm_pb2.GenerateRequest, idempotency_key: str | None = None
     ) -> llm_pb2.GenerateResponse:
-        metadata = self._metadata(idempotency_key)
+        metadata = call_metadata(self.api_key, self.application, idempotency_key)
 
         def attempt(timeout_s: float) -> llm_pb2.GenerateResponse:
             return self._stub.Generate(request, timeout=timeout_s, metadata=metadata)
 
-        return call_with_retries(RetrySchedule(self.policy, self.waits), attempt, classify)
+        return call_with_retries(self.new_schedule(), attempt, classify)
 
     def generate_stream(
         self, request: llm_pb2.GenerateRequest, idempotency_key: str | None = None
     ) -> Iterator[llm_pb2.GenerateChunk]:
-        metadata = self._metadata(idempotency_key)
+        metadata = call_metadata(self.api_key, self.application, idempotency_key)
 
         def attempt(timeout_s: float):
             call = self._stub.GenerateStream(request, timeout=timeout_s, metadata=metadata)
@@ -131,7 +122,7 @@ class RetryingGrpcClient(_GrpcClientBase):
                 call.cancel()
                 raise
 
-        schedule = RetrySchedule(self.policy, self.waits)
+        schedule = self.new_schedule()
         call, chunk = call_with_retries(schedule, attempt, classify)
         progress = StreamProgress()
         try:
@@ -146,7 +137,7 @@ class RetryingGrpcClient(_GrpcClientBase):
             call.cancel()
 
 
-class AsyncRetryingGrpcClient(_GrpcClientBase):
+class AsyncRetryingGrpcClient(AsyncClientBase):
     """The asyncio twin of RetryingGrpcClient, on `grpc.aio`."""
 
     def __init__(
@@ -158,34 +149,29 @@ class AsyncRetryingGrpcClient(_GrpcClientBase):
         *,
         waits: Waits | None = None,
     ):
-        super().__init__(api_key, application, policy, waits)
+        super().__init__(policy, waits)
+        self.api_key, self.application = api_key, application
         self._channel = grpc.aio.insecure_channel(target)
         self._stub = llm_pb2_grpc.LLMStub(self._channel)
 
     async def aclose(self) -> None:
         await self._channel.close()
 
-    async def __aenter__(self) -> AsyncRetryingGrpcClient:
-        return self
-
-    async def __aexit__(self, *exc_info) -> None:
-        await self.aclose()
-
     async def generate(
         self, request: llm_pb2.GenerateRequest, idempotency_key: str | None = None
     ) -> llm_pb2.GenerateResponse:
-        metadata = self._metadata(idempotency_key)
+        metadata = call_metadata(self.api_key, self.application, idempotency_key)
 
         async def attempt(timeout_s: float) -> llm_pb2.GenerateResponse:
             return await self._stub.Generate(request, timeout=timeout_s, metadata=metadata)
 
-        schedule = RetrySchedule(self.policy, self.waits)
+        schedule = self.new_schedule()
         return await async_call_with_retries(schedule, attempt, classify)
 
     async def generate_stream(
         self, request: llm_pb2.GenerateRequest, idempotency_key: str | None = None
     ) -> AsyncIterator[llm_pb2.GenerateChunk]:
-        metadata = self._metadata(idempotency_key)
+        metadata = call_metadata(self.api_key, self.application, idempotency_key)
 
         async def attempt(timeout_s: float):
             call = self._stub.GenerateStream(request, timeout=timeout_s, metadata=metadata)
@@ -198,7 +184,7 @@ class AsyncRetryingGrpcClient(_GrpcClientBase):
                 call.cancel()
                 raise
 
-        schedule = RetrySchedule(self.policy, self.waits)
+        schedule = self.new_schedule()
         call, chunk = await async_call_with_retries(schedule, attempt, classify)
         progress = StreamProgress()
         try:

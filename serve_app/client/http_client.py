@@ -14,12 +14,12 @@ from typing import Any
 
 import httpx
 
+from serve_app.client.base import AsyncClientBase, SyncClientBase
 from serve_app.client.retry import (
     ClientError,
     Failure,
     RequestFailedError,
     RetryPolicy,
-    RetrySchedule,
     Waits,
     async_call_with_retries,
     call_with_retries,
@@ -64,21 +64,17 @@ def classify(error: Exception) -> Failure | None:
     return None
 
 
-class _HttpClientBase:
-    def __init__(self, base_url: str, api_key: str | None, policy: RetryPolicy | None, waits):
-        self.base_url = base_url.rstrip("/")
-        self.api_key = api_key
-        self.policy = policy or RetryPolicy()
-        self.waits = waits or Waits()
-
-    def _request_parts(self, path: str, idempotency_key: str | None) -> tuple[str, dict]:
-        headers = {IDEMPOTENCY_HEADER: idempotency_key or new_idempotency_key()}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        return self.base_url + "/" + path.lstrip("/"), headers
+def request_parts(
+    base_url: str, api_key: str | None, path: str, idempotency_key: str | None
+) -> tuple[str, dict[str, str]]:
+    """The URL and headers of every attempt of one call."""
+    headers = {IDEMPOTENCY_HEADER: idempotency_key or new_idempotency_key()}
+    if api_key:
+        headers["Authorization"] = f"Bearer {api_key}"
+    return base_url.rstrip("/") + "/" + path.lstrip("/"), headers
 
 
-class RetryingHttpClient(_HttpClientBase):
+class RetryingHttpClient(SyncClientBase):
     """Sync client: `RetryingHttpClient("http://127.0.0.1:8000/v1", api_key=...)`."""
 
     def __init__(
@@ -90,20 +86,15 @@ class RetryingHttpClient(_HttpClientBase):
         waits: Waits | None = None,
         http: httpx.Client | None = None,
     ):
-        super().__init__(base_url, api_key, policy, waits)
+        super().__init__(policy, waits)
+        self.base_url, self.api_key = base_url, api_key
         self._http = http or httpx.Client(trust_env=False)
 
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> RetryingHttpClient:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
     def post(self, path: str, body: dict[str, Any], idempotency_key: str | None = None) -> dict:
-        url, headers = self._request_parts(path, idempotency_key)
+        url, headers = request_parts(self.base_url, self.api_key, path, idempotency_key)
 
         def attempt(timeout_s: float) -> dict:
             response = self._http.post(url, json=body, headers=headers, timeout=timeout_s)
@@ -111,13 +102,13 @@ class RetryingHttpClient(_HttpClientBase):
                 raise HttpStatusError(response)
             return response.json()
 
-        return call_with_retries(RetrySchedule(self.policy, self.waits), attempt, classify)
+        return call_with_retries(self.new_schedule(), attempt, classify)
 
     def stream(
         self, path: str, body: dict[str, Any], idempotency_key: str | None = None
     ) -> Iterator[dict]:
-        url, headers = self._request_parts(path, idempotency_key)
-        schedule = RetrySchedule(self.policy, self.waits)
+        url, headers = request_parts(self.base_url, self.api_key, path, idempotency_key)
+        schedule = self.new_schedule()
 
         def attempt(timeout_s: float):
             request = self._http.build_request(
@@ -150,7 +141,7 @@ class RetryingHttpClient(_HttpClientBase):
             response.close()
 
 
-class AsyncRetryingHttpClient(_HttpClientBase):
+class AsyncRetryingHttpClient(AsyncClientBase):
     """The asyncio twin of RetryingHttpClient: `await post(...)`, `async for ... in stream(...)`."""
 
     def __init__(
@@ -162,22 +153,17 @@ class AsyncRetryingHttpClient(_HttpClientBase):
         waits: Waits | None = None,
         http: httpx.AsyncClient | None = None,
     ):
-        super().__init__(base_url, api_key, policy, waits)
+        super().__init__(policy, waits)
+        self.base_url, self.api_key = base_url, api_key
         self._http = http or httpx.AsyncClient(trust_env=False)
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def __aenter__(self) -> AsyncRetryingHttpClient:
-        return self
-
-    async def __aexit__(self, *exc_info) -> None:
-        await self.aclose()
-
     async def post(
         self, path: str, body: dict[str, Any], idempotency_key: str | None = None
     ) -> dict:
-        url, headers = self._request_parts(path, idempotency_key)
+        url, headers = request_parts(self.base_url, self.api_key, path, idempotency_key)
 
         async def attempt(timeout_s: float) -> dict:
             response = await self._http.post(url, json=body, headers=headers, timeout=timeout_s)
@@ -185,14 +171,14 @@ class AsyncRetryingHttpClient(_HttpClientBase):
                 raise HttpStatusError(response)
             return response.json()
 
-        schedule = RetrySchedule(self.policy, self.waits)
+        schedule = self.new_schedule()
         return await async_call_with_retries(schedule, attempt, classify)
 
     async def stream(
         self, path: str, body: dict[str, Any], idempotency_key: str | None = None
     ) -> AsyncIterator[dict]:
-        url, headers = self._request_parts(path, idempotency_key)
-        schedule = RetrySchedule(self.policy, self.waits)
+        url, headers = request_parts(self.base_url, self.api_key, path, idempotency_key)
+        schedule = self.new_schedule()
 
         async def attempt(timeout_s: float):
             request = self._http.build_request(

@@ -153,7 +153,9 @@ class FileTrigger:
         return PreemptionNotice(self._clock() + notice_s, "terminate", self.name)
 
 
-def notice_source(config: WatcherConfig, http: httpx.Client, clock: Clock = time.time):
+def notice_source(
+    config: WatcherConfig, http: httpx.Client, clock: Clock = time.time
+) -> NoticeSource:
     """The NoticeSource for `config.provider`."""
     if config.provider == "aws":
         return AwsSpotNotices(config, http, clock)
