@@ -36,7 +36,11 @@ def cluster():
     try:
         yield cluster
     finally:
-        cluster.shutdown()
+        # Node by node: Cluster.shutdown() would also reset this process's Ray internal-KV
+        # client, which the session's own Ray instance (conftest's live_app) still uses.
+        for node in list(cluster.worker_nodes):
+            cluster.remove_node(node)
+        cluster.remove_node(cluster.head_node)
 
 
 def node_states(gcs_address: str) -> dict[str, object]:

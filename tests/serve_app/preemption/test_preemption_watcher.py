@@ -124,3 +124,12 @@ def test_deadline_is_the_notice_end_less_the_margin(margin_s):
     watcher, _ = make_watcher(ScriptedSource(), RecordingDrainer(), margin_s)
     notice = PreemptionNotice(NOW + 30, "preempt", "gcp")
     assert watcher.drain_deadline(notice) == NOW + 30 - margin_s
+
+
+def test_cli_rejects_an_invalid_config_with_exit_status_2(capsys):
+    from serve_app.preemption.__main__ import main
+
+    assert main(["--provider", "azure", "--poll-interval-s", "0"]) == 2
+    error = capsys.readouterr().err
+    assert "provider: Input should be 'aws', 'gcp' or 'file'" in error
+    assert "poll_interval_s: Input should be greater than 0" in error
