@@ -36,6 +36,9 @@ from serve_app.client.stream_progress import (
 RETRYABLE_STATUSES = frozenset({429, 503})
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 SSE_END = "data: [DONE]"
+# No usable answer came: refused, reset, closed mid-response, or the attempt's time ran out.
+# (A bad URL or a local protocol error is not among them: trying again cannot help.)
+NO_ANSWER_ERRORS = (httpx.NetworkError, httpx.RemoteProtocolError, httpx.TimeoutException)
 
 
 class HttpStatusError(Exception):
@@ -59,7 +62,7 @@ def classify(error: Exception) -> Failure | None:
     if isinstance(error, StreamCut):  # before anything reached the caller
         retryable = error.error_type is None or error.error_type in RETRYABLE_ERROR_TYPES
         return Failure(retryable, RequestFailedError(str(error), error.error_type))
-    if isinstance(error, httpx.TransportError):  # refused, reset, timed out: no answer
+    if isinstance(error, NO_ANSWER_ERRORS):
         return Failure(True, RequestFailedError(f"no response: {error!r}"))
     return None
 
@@ -88,7 +91,7 @@ class RetryingHttpClient(SyncClientBase):
     ):
         super().__init__(policy, waits)
         self.base_url, self.api_key = base_url, api_key
-        self._http = http or httpx.Client(trust_env=False)
+        self._http = http or httpx.Client()
 
     def close(self) -> None:
         self._http.close()
@@ -155,7 +158,7 @@ class AsyncRetryingHttpClient(AsyncClientBase):
     ):
         super().__init__(policy, waits)
         self.base_url, self.api_key = base_url, api_key
-        self._http = http or httpx.AsyncClient(trust_env=False)
+        self._http = http or httpx.AsyncClient()
 
     async def aclose(self) -> None:
         await self._http.aclose()

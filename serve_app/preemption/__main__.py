@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for signal_number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signal_number, lambda *_: stop.set())
+    # Never through an HTTP proxy from the environment: metadata services are node-local.
     with httpx.Client(timeout=config.request_timeout_s, trust_env=False) as http:
         watcher = PreemptionWatcher(
             notice_source(config, http), drainer, watcher_metrics, config.safety_margin_s
