@@ -4,14 +4,18 @@ margin before the notice's end; failures are counted and retried; metrics and lo
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 
+import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
 from serve_app import metrics
+from serve_app.preemption.config import load_watcher_config
 from serve_app.preemption.drain import DrainError, DrainResult
-from serve_app.preemption.notices import NoticeSourceError, PreemptionNotice
+from serve_app.preemption.notices import AwsSpotNotices, NoticeSourceError, PreemptionNotice
 from serve_app.preemption.watcher import Decision, PreemptionWatcher, WatcherMetrics
+from tests.serve_app.preemption.fake_metadata_server import FakeMetadataServer
 
 NOW = 1_800_000_000.0
 NODE_ID = "ab" * 28
@@ -133,3 +137,15 @@ def test_cli_rejects_an_invalid_config_with_exit_status_2(capsys):
     error = capsys.readouterr().err
     assert "provider: Input should be 'aws', 'gcp' or 'file'" in error
     assert "poll_interval_s: Input should be greater than 0" in error
+
+
+def test_an_aws_notice_served_over_http_becomes_a_drain_deadline_before_its_time():
+    with FakeMetadataServer() as metadata, httpx.Client(trust_env=False) as http:
+        config = load_watcher_config({"provider": "aws", "metadata_url": metadata.url})
+        drainer = RecordingDrainer(DrainResult(True, ""))
+        watcher, _ = make_watcher(AwsSpotNotices(config, http), drainer, margin_s=15)
+        assert watcher.poll_once() is Decision.NO_NOTICE
+        metadata.state.aws_notice = {"action": "terminate", "time": "2027-01-15T08:22:00Z"}
+        assert watcher.poll_once() is Decision.DRAINED
+    termination = datetime(2027, 1, 15, 8, 22, tzinfo=timezone.utc).timestamp()
+    assert drainer.calls[0][0] == termination - 15
