@@ -99,3 +99,11 @@ class BatcherMetrics:
         self.batch_size.observe(len(queue_waits_s))
         for wait_s in queue_waits_s:
             self.queue_wait_s.observe(wait_s)
+
+
+# ---- standalone processes ----------------------------------------------------------------
+# Processes outside Serve (the preemption watcher on each worker node) serve these with
+# prometheus-client on their own port: no `ray_` prefix, and counters gain `_total`.
+PREEMPTION_POLLS = "serve_app_preemption_polls"  # label outcome: no_notice, notice, error
+PREEMPTION_NOTICES = "serve_app_preemption_notices"
+PREEMPTION_DRAINS = "serve_app_preemption_drains"  # label result: accepted, rejected, error

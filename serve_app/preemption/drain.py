@@ -1,0 +1,78 @@
+"""Drain one Ray node through the GCS, as `ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION`.
+
+A PREEMPTION drain cannot be rejected by the raylet: the node stops taking new work, Serve
+starts replacement replicas elsewhere, and the deadline tells everyone when it goes away.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+PREEMPTION_REASON_NAME = "DRAIN_NODE_REASON_PREEMPTION"
+
+
+class DrainError(RuntimeError):
+    """The drain could not be requested (the GCS is unreachable, the node unknown)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DrainResult:
+    accepted: bool
+    rejection_message: str  # empty when accepted
+
+
+class RayNodeDrainer:
+    """Asks the GCS at `ray_address` to drain `node_id` (hex) with reason PREEMPTION."""
+
+    def __init__(self, ray_address: str, node_id: str | None, rpc_timeout_s: float = 10.0):
+        import ray._private.services as services
+        from ray._raylet import GcsClient
+
+        try:
+            # An explicit host:port is used as given: Ray's canonical form would swap a
+            # loopback host for this machine's IP, where a loopback-only GCS is not listening.
+            self.gcs_address = (
+                services.canonicalize_bootstrap_address_or_die(ray_address)
+                if ray_address == "auto"
+                else ray_address
+            )
+            self._gcs = GcsClient(address=self.gcs_address)
+        except Exception as error:  # Ray raises ConnectionError, RuntimeError or SystemExit
+            raise DrainError(
+                f"ray_address: cannot reach the GCS at {ray_address!r}: {error}"
+            ) from None
+        self._rpc_timeout_s = rpc_timeout_s
+        self.node_id = node_id or self._node_on_this_host()
+
+    def drain(self, deadline_epoch_s: float, message: str) -> DrainResult:
+        from ray.core.generated import autoscaler_pb2
+
+        reason = autoscaler_pb2.DrainNodeReason.Value(PREEMPTION_REASON_NAME)
+        # The GCS reads the node id as hex; 0 would mean "no deadline", so keep it positive.
+        deadline_ms = max(int(deadline_epoch_s * 1000), 1)
+        try:
+            accepted, rejection = self._gcs.drain_node(
+                self.node_id, reason, message, deadline_ms, timeout=self._rpc_timeout_s
+            )
+        except Exception as error:
+            raise DrainError(f"drain of node {self.node_id} failed: {error!r}") from None
+        return DrainResult(bool(accepted), rejection or "")
+
+    def _node_on_this_host(self) -> str:
+        """The id of the one alive Ray node whose address is one of this host's."""
+        from ray._private.services import get_node_ip_address
+
+        addresses = {get_node_ip_address(), socket.gethostbyname(socket.gethostname())}
+        nodes = self._gcs.get_all_node_info(timeout=self._rpc_timeout_s)
+        mine = [
+            node_id.hex()
+            for node_id, info in nodes.items()
+            if info.state == info.ALIVE and info.node_manager_address in addresses
+        ]
+        if len(mine) != 1:
+            raise DrainError(
+                f"node_id: found {len(mine)} alive Ray nodes at {sorted(addresses)}; "
+                "pass --node-id (hex) to pick the node this watcher guards"
+            )
+        return mine[0]
