@@ -33,7 +33,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
 def token_source(config: AppConfig, replica: Application) -> Application:
     """What the ingress streams tokens from: the micro-batcher in front of the replicas, or
-    the replicas themselves; both answer `generate(prompt_ids, params, request_id)`."""
+    the replicas themselves; both answer `generate_batch(requests)` (serve_app/batch_call.py)."""
     if not config.batcher.enabled:
         return replica
     return serve.deployment(Batcher).options(**batcher_options(config)).bind(config, replica)
