@@ -219,6 +219,9 @@ def run_served(args, model, port, batcher, saturation, single) -> SystemResult:
         sat, one, cpu = asyncio.run(measure())
     finally:
         serve.delete(APP_NAME)
+    for report in (sat, one):
+        if report.errors:
+            print(f"# errors: {dict(report.errors)}", flush=True)
     return SystemResult(GRAPH_BATCHER if batcher else GRAPH_DIRECT, sat, one, cpu)
 
 
