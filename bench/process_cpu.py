@@ -1,8 +1,10 @@
 """CPU seconds per process from /proc, grouped by the role each plays in the Serve graph.
 
-`snapshot()` reads every process's user + system CPU time; `cpu_by_role(before, after)`
-sums the difference per role: the model replica, the batcher, the ingress, Serve's proxy,
-this process (the load client, or the in-process engine) and Ray's own daemons. Linux only.
+`snapshot()` reads the user + system CPU time of this process and of every process it
+started (the Ray cluster it runs: other programs on the machine are left out);
+`cpu_by_role(before, after)` sums the difference per role: the model replica, the
+batcher, the ingress, Serve's proxy, this process (the load client, or the in-process
+engine) and Ray's own daemons. Linux only.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ RAY_DAEMONS = "ray daemons"
 
 
 def snapshot() -> dict[int, tuple[str, float]]:
-    """Every readable process: pid -> (command line, user + system CPU seconds)."""
+    """This process and its descendants: pid -> (command line, user + system CPU seconds)."""
     ticks = os.sysconf("SC_CLK_TCK")
-    found = {}
+    found, parents = {}, {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -34,10 +36,20 @@ def snapshot() -> dict[int, tuple[str, float]]:
             command = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue  # the process ended
-        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)"
+        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
         cpu_s = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
         found[int(entry)] = (command.decode(errors="replace"), cpu_s)
-    return found
+        parents[int(entry)] = int(fields[1])
+    return {pid: value for pid, value in found.items() if _descends_from_us(pid, parents)}
+
+
+def _descends_from_us(pid: int, parents: dict[int, int]) -> bool:
+    ours = os.getpid()
+    while pid > 1:
+        if pid == ours:
+            return True
+        pid = parents.get(pid, 0)
+    return False
 
 
 def role_of(pid: int, command: str) -> str:
