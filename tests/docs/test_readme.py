@@ -1,0 +1,136 @@
+"""Every shell and Python block of the README, run as written against the dev cluster
+started the README's way (only the ports differ: see conftest.py), plus the rules a copy-
+pasted command depends on: one command style (`.venv/bin/...`) and links that stay inside
+the repository.
+
+A block is skipped only for a reason listed in SKIPPED, and the test says which."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).parents[2]
+README = REPO / "README.md"
+DOCS = [README, *sorted((REPO / "docs").glob("*.md"))]
+
+# A substring that picks out exactly one block -> why it is not run here.
+SKIPPED = {
+    "make test": "`make run` is how the dev_cluster fixture starts the app; `make test` is "
+    "the whole suite (CI runs it)",
+    "serve_app.proto.generate": "rewrites tracked files; tests/serve_app/test_proto_sync.py "
+    "runs the same generation",
+    "CONFIG=deployments/dev-tp2.yaml": "a second dev cluster in the foreground; "
+    "tests/serve_app/replica/test_tp_replica.py serves TP=2 through Serve and "
+    "tests/serve_app/test_tp_deployments.py checks dev-tp2.yaml",
+    "gpu-tp2.yaml": "GPU cluster only",
+    ".venv/bin/pytest": "runs test suites that `make test` runs",
+    "bench/kernels.py": "GPU only (it skips on CPU)",
+    "bench.serve_load": "long benchmark (200 requests at 4/s); tests/bench/test_serve_load.py "
+    "runs the load generator against a live app",
+}
+# The README's addresses, and which of the dev cluster's ports stands for each.
+ADDRESSES = {
+    "127.0.0.1:8000": "http_port",
+    "127.0.0.1:9000": "grpc_port",
+    "127.0.0.1:8080": "metrics_port",
+    "127.0.0.1:8265": "dashboard_port",
+}
+# Ray's, Serve's and our own commands: outside the venv they are missing or another install.
+VENV_COMMANDS = ("python", "python3", "serve", "ray", "pytest", "pip", "ruff")
+
+
+def blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```", README.read_text(), flags=re.S | re.M)
+
+
+def block_id(block: str) -> str:
+    first = next(line for line in block.splitlines() if line.strip() and "import" not in line)
+    return re.sub(r"\W+", "-", first)[:50].strip("-")
+
+
+def skip_reason(block: str) -> str | None:
+    reasons = [reason for key, reason in SKIPPED.items() if key in block]
+    assert len(reasons) <= 1, f"several SKIPPED keys match one block:\n{block}"
+    return reasons[0] if reasons else None
+
+
+def with_test_ports(block: str, request: pytest.FixtureRequest) -> str:
+    if not any(address in block for address in ADDRESSES):
+        return block
+    cluster = request.getfixturevalue("dev_cluster")
+    for address, port_name in ADDRESSES.items():
+        block = block.replace(address, f"127.0.0.1:{getattr(cluster, port_name)}")
+    return block
+
+
+def run_block(command: list[str], request: pytest.FixtureRequest) -> str:
+    cluster = request.getfixturevalue("dev_cluster")  # its env: ports, Ray's temp dir, token
+    done = cluster.run(command, timeout=300)
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.parametrize("block", blocks("bash"), ids=block_id)
+def test_shell_block_runs(block: str, request: pytest.FixtureRequest) -> None:
+    reason = skip_reason(block)
+    if reason:
+        pytest.skip(reason)
+    script = "set -eo pipefail\n" + with_test_ports(block, request)
+    run_block(["bash", "-c", script], request)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.parametrize("block", blocks("python"), ids=block_id)
+def test_python_block_runs(block: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    reason = skip_reason(block)
+    if reason:
+        pytest.skip(reason)
+    script = tmp_path / "example.py"  # saved as a script, as a user would (main guard)
+    script.write_text(with_test_ports(block, request))
+    run_block([sys.executable, str(script)], request)
+
+
+def test_every_skip_reason_matches_exactly_one_block() -> None:
+    every_block = blocks("bash") + blocks("python")
+    for key in SKIPPED:
+        assert sum(key in block for block in every_block) == 1, key
+
+
+def test_links_stay_inside_the_repository() -> None:
+    for doc in DOCS:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            path = target.split("#", 1)[0]
+            assert "://" not in target and not target.startswith("mailto:"), (doc, target)
+            if path:
+                resolved = (doc.parent / path).resolve()
+                assert resolved.is_relative_to(REPO), f"{doc.name} links outside: {target}"
+                assert resolved.exists(), f"{doc.name} links to a missing file: {target}"
+
+
+def test_commands_use_the_venv() -> None:
+    """Every command line and inline command starts Python tools from `.venv/bin/`
+    (a two-word span such as `serve status` names a command in prose)."""
+    text = README.read_text()
+    lines = [line for block in blocks("bash") for line in block.splitlines()]
+    spans = re.findall(r"(?<!`)`([^`\n]+)`(?!`)", text)
+    lines += [span for span in spans if len(span.split()) > 2]  # a command, not a name
+    bare = re.compile(rf"^(?:[A-Z_]+=\S+\s+)*({'|'.join(VENV_COMMANDS)})\s")
+    offenders = [line for line in lines if bare.match(line.strip())]
+    assert not offenders, f"use .venv/bin/<command>: {offenders}"
+
+
+def test_make_run_serves_the_dev_config_with_a_fixed_metrics_port() -> None:
+    listed = subprocess.run(
+        ["make", "-n", "run"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    assert "--metrics-export-port=8080" in listed
+    assert "serve_app.preflight" in listed
+    assert "serve run deployments/dev.yaml" in listed
