@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -138,15 +140,23 @@ def check_config_file(path: Path, cluster: ClusterResources) -> list[str]:
 
 
 def wait_for_cluster(wait_s: float) -> ClusterResources:
-    """The cluster at RAY_ADDRESS (or this machine), retried while it is still starting."""
-    deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            return current_cluster()
-        except ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
+    """The cluster at RAY_ADDRESS (or this machine) once its GCS port answers: `make run`
+    calls this right after starting `ray start` in the background."""
+    address = os.environ.get("RAY_ADDRESS")
+    if address and wait_s > 0:
+        host, _, port = address.rpartition(":")
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                socket.create_connection((host, int(port)), timeout=2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise ConnectionError(
+                        f"no Ray cluster answers at {address} after {wait_s:.0f} s"
+                    ) from None
+                time.sleep(0.5)
+    return current_cluster()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -160,7 +170,12 @@ def main(argv: list[str] | None = None) -> int:
         "--wait-s", type=float, default=0, help="wait this long for a starting cluster"
     )
     args = parser.parse_args(argv)
-    problems = check_config_file(args.config, wait_for_cluster(args.wait_s))
+    try:
+        cluster = wait_for_cluster(args.wait_s)
+    except ConnectionError as error:
+        print(f"preflight: {error}", file=sys.stderr)
+        return 1
+    problems = check_config_file(args.config, cluster)
     for problem in problems:
         print(f"preflight: {problem}", file=sys.stderr)
     return 1 if problems else 0
