@@ -30,8 +30,8 @@ SKIPPED = {
     "gpu-tp2.yaml": "GPU cluster only",
     ".venv/bin/pytest": "runs test suites that `make test` runs",
     "bench/kernels.py": "GPU only (it skips on CPU)",
-    "bench.serve_load": "long benchmark (200 requests at 4/s); tests/bench/test_serve_load.py "
-    "runs the load generator against a live app",
+    "bench.serve_load": "long benchmark (200 requests at 4/s, about a minute); "
+    "tests/bench/test_serve_load.py runs the load generator end to end on a stand-in server",
 }
 # The README's addresses, and which of the dev cluster's ports stands for each.
 ADDRESSES = {
