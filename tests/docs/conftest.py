@@ -1,5 +1,5 @@
 """The dev cluster started the README's way: `make run` in its own process group, as a
-terminal runs it, stopped with Ctrl-C's SIGINT at the end of the session.
+terminal runs it, stopped with Ctrl-C's SIGINT when the module using it ends.
 
 Only what must differ on a shared machine differs: the ports (free ones, given as the
 Makefile's variables and in a copy of the Serve config), Ray's temp directory (so no other
@@ -113,7 +113,7 @@ def stop(process: subprocess.Popen) -> None:
         process.wait()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # stopped once the README module is done
 def dev_cluster() -> Iterator[DevCluster]:
     # Short: Ray's Unix socket paths live under it and must stay under ~100 characters.
     workdir = Path(tempfile.mkdtemp(prefix="devcl", dir="/tmp"))
