@@ -13,7 +13,20 @@ ARGS ?=
 # process start; serve_app/engine/host_memory.py has the measurement). Tests keep defaults.
 HUGE_PAGES := GLIBC_TUNABLES=$${GLIBC_TUNABLES:+$$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1
 
-.PHONY: setup run test bench lint format clean
+# `make run`'s dev cluster: one Ray node whose fixed ports the commands of another terminal
+# (`make status`, `make deploy`) and Prometheus find. Ray 2.60 turns token authentication on
+# (the token: ~/.ray/auth_token, or $$RAY_AUTH_TOKEN_PATH); its CLI then needs
+# RAY_AUTH_MODE=token, which these targets export. RAY_START_ARGS adds `ray start` flags.
+CONFIG ?= deployments/dev.yaml
+RAY_PORT ?= 6379
+DASHBOARD_PORT ?= 8265
+METRICS_PORT ?= 8080
+RAY_START_ARGS ?=
+run status deploy: export RAY_AUTH_MODE := token
+run status deploy: export RAY_ADDRESS := 127.0.0.1:$(RAY_PORT)
+run status deploy: export RAY_DASHBOARD_ADDRESS := http://127.0.0.1:$(DASHBOARD_PORT)
+
+.PHONY: setup run status deploy test bench lint format clean
 
 setup: $(STAMP)
 
@@ -24,8 +37,24 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The cluster lives as long as `serve run` (Ctrl-C stops both): `ray start --block` in the
+# background, stopped by the trap; the preflight waits for it and checks CONFIG against it.
 run: $(STAMP)
-	$(HUGE_PAGES) $(BIN)/serve run deployments/dev.yaml
+	@$(BIN)/ray get-auth-token --generate >/dev/null
+	@trap 'kill $$ray_pid 2>/dev/null; wait $$ray_pid' EXIT; trap 'exit 130' INT TERM; \
+	$(HUGE_PAGES) $(BIN)/ray start --head --block --disable-usage-stats \
+	    --port=$(RAY_PORT) --dashboard-host=127.0.0.1 --dashboard-port=$(DASHBOARD_PORT) \
+	    --metrics-export-port=$(METRICS_PORT) $(RAY_START_ARGS) & ray_pid=$$!; \
+	$(BIN)/python -m serve_app.preflight --wait-s 120 $(CONFIG) && $(BIN)/serve run $(CONFIG)
+
+# Against `make run`'s cluster, from another terminal.
+status: $(STAMP)
+	$(BIN)/serve status
+	$(BIN)/ray status
+
+deploy: $(STAMP)
+	$(BIN)/python -m serve_app.preflight $(CONFIG)
+	$(BIN)/serve deploy $(CONFIG)
 
 test: $(STAMP)
 	$(BIN)/ruff format --check .

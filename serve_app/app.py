@@ -17,6 +17,7 @@ from ray.serve import Application
 from serve_app.batcher.deployment import Batcher
 from serve_app.config import AppConfig, load_app_config
 from serve_app.ingress.http import OpenAIIngress
+from serve_app.preflight import check_app
 from serve_app.replica.deployment import ModelReplica
 
 INGRESS_NAME = "OpenAIIngress"
@@ -26,6 +27,7 @@ BATCHER_NAME = "Batcher"
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
     config = load_app_config(args)
+    check_app(config)  # model, TP split and resources: fail here, not in the replicas
     replica = serve.deployment(ModelReplica).options(**replica_options(config))
     ingress = serve.deployment(OpenAIIngress).options(**ingress_options(config))
     return ingress.bind(config, token_source(config, replica.bind(config)))

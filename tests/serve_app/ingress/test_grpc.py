@@ -109,12 +109,12 @@ def test_completion_body_refuses_two_prompt_forms() -> None:
     )
 
 
-def test_dev_yaml_serves_the_llm_service_on_port_9000() -> None:
+def test_dev_grpc_yaml_serves_the_llm_service_on_port_9000() -> None:
     from ray.serve.schema import ServeDeploySchema
 
     from serve_app.proto import llm_pb2_grpc
 
-    dev = Path(__file__).parents[3] / "deployments" / "dev.yaml"
+    dev = Path(__file__).parents[3] / "deployments" / "dev-grpc.yaml"
     options = ServeDeploySchema.model_validate(yaml.safe_load(dev.read_text())).grpc_options
     assert options.port == 9000
     [path] = options.grpc_servicer_functions
