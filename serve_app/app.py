@@ -14,9 +14,11 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from serve_app.autoscaling import autoscaling_config
 from serve_app.batcher.deployment import Batcher
 from serve_app.config import AppConfig, load_app_config
 from serve_app.ingress.http import OpenAIIngress
+from serve_app.placement import with_frontend_placement, with_replica_placement
 from serve_app.replica.deployment import ModelReplica
 
 INGRESS_NAME = "OpenAIIngress"
@@ -26,8 +28,11 @@ BATCHER_NAME = "Batcher"
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
     config = load_app_config(args)
-    replica = serve.deployment(ModelReplica).options(**replica_options(config))
-    ingress = serve.deployment(OpenAIIngress).options(**ingress_options(config))
+    # On a cluster (`placement.enabled`) each deployment is also told which nodes to use.
+    replica_opts = with_replica_placement(config, replica_options(config))
+    ingress_opts = with_frontend_placement(config, ingress_options(config))
+    replica = serve.deployment(ModelReplica).options(**replica_opts)
+    ingress = serve.deployment(OpenAIIngress).options(**ingress_opts)
     return ingress.bind(config, token_source(config, replica.bind(config)))
 
 
@@ -36,7 +41,8 @@ def token_source(config: AppConfig, replica: Application) -> Application:
     the replicas themselves; both answer `generate(prompt_ids, params, request_id)`."""
     if not config.batcher.enabled:
         return replica
-    return serve.deployment(Batcher).options(**batcher_options(config)).bind(config, replica)
+    options = with_frontend_placement(config, batcher_options(config))
+    return serve.deployment(Batcher).options(**options).bind(config, replica)
 
 
 def batcher_options(config: AppConfig) -> dict[str, Any]:
@@ -63,7 +69,7 @@ def replica_options(config: AppConfig) -> dict[str, Any]:
         "graceful_shutdown_timeout_s": settings.graceful_shutdown_timeout_s,
     }
     if settings.autoscaling is not None:
-        options["autoscaling_config"] = settings.autoscaling.model_dump()
+        options["autoscaling_config"] = autoscaling_config(config)
     else:
         options["num_replicas"] = settings.num_replicas
     if config.engine.tensor_parallel_size > 1:

@@ -21,6 +21,7 @@ from dataclasses import asdict
 import ray
 
 from serve_app.abort_channel import AbortListener
+from serve_app.autoscaling import EngineLoadReporter
 from serve_app.config import AppConfig
 from serve_app.engine.async_engine import AsyncEngine
 from serve_app.engine.sampling_params import SamplingParams
@@ -48,14 +49,15 @@ class ModelReplica:
             self.engine, self.stream_interval_tokens, on_cancelled=self._count_cancelled
         )
         self._abort_listener: AbortListener | None = None
+        self.load = EngineLoadReporter()  # what the autoscaling policy reads (TTFT, KV, queue)
 
     async def generate(
         self, prompt_ids: list[int], params: SamplingParams, request_id: str
     ) -> AsyncIterator[TokenChunk]:
         self._start_metrics()
         finished = False
-        chunks = token_chunks(
-            self.engine, prompt_ids, params, request_id, self.stream_interval_tokens
+        chunks = self.load.timed_chunks(
+            token_chunks(self.engine, prompt_ids, params, request_id, self.stream_interval_tokens)
         )
         try:
             async with aclosing(chunks):  # closing it aborts the request in the engine
@@ -69,7 +71,9 @@ class ModelReplica:
     async def generate_batch(self, requests: list[BatchRequest]) -> AsyncIterator[BatchMessage]:
         """Run many requests in one stream: the micro-batcher's call."""
         self._start_metrics()
-        async with aclosing(self.batches.run(requests, self._abort_channel())) as messages:
+        batch = self.batches.run(requests, self._abort_channel())
+        timed = self.load.timed_batch(batch, [request.request_id for request in requests])
+        async with aclosing(timed) as messages:
             async for message in messages:
                 yield message
 
@@ -89,6 +93,10 @@ class ModelReplica:
             "num_active_streams": self.engine.num_active_streams,
             "num_cancelled_streams": self.num_cancelled_streams,
         }
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Called by Serve: this replica's engine load, for serve_app/autoscaling.py's policy."""
+        return self.load.report(self.engine.stats())
 
     async def check_health(self) -> None:
         """Called by Serve; raising marks the replica unhealthy and gets it replaced."""
