@@ -1,0 +1,229 @@
+"""The app on Ray's fake multi-node autoscaler (cluster/local-fake.yaml +
+deployments/local-fake.yaml): load raises model replicas and the new replica's pending
+demand makes the autoscaler add a spot node; a spot preemption (drain, then the node dies)
+is covered by an on-demand burst node; idle time removes the replica above the floor and
+then its node. The on-demand floor replica serves throughout and no request fails.
+
+It also times one cold start (scale-up decision to the new replica's first token), split
+into its parts, and prints the table docs/deploy.md records.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests.cluster.fake_cluster import FakeCluster
+from tests.serve_app.conftest import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(420)]
+
+DEPLOYMENT_YAML = Path(__file__).parents[2] / "deployments" / "local-fake.yaml"
+LABEL = "serve-app/capacity"
+REPLICA_ACTOR = "ServeReplica:llm:ModelReplica"
+SERVE_ENV = {
+    "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+    "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
+}
+NODE_IDLE_TIMEOUT_S = 8
+
+
+def app_args() -> dict:
+    [application] = yaml.safe_load(DEPLOYMENT_YAML.read_text())["applications"]
+    args = application["args"]
+    args["replica"]["autoscaling"].update(max_replicas=2, downscale_after_s=6)
+    args["auth"] = {"api_keys_env": None}
+    return args
+
+
+class Load:
+    """Streaming completions from a few threads until stopped; every outcome is kept."""
+
+    def __init__(self, base_url: str, concurrency: int) -> None:
+        self.base_url = base_url
+        self.failures: list[str] = []
+        self.completed = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(concurrency)]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=120)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.base_url, timeout=120) as client:
+            while not self._stop.is_set():
+                try:
+                    complete(client, max_tokens=64)
+                    self.completed += 1
+                except Exception as error:
+                    self.failures.append(repr(error))
+
+
+def complete(client: httpx.Client, max_tokens: int) -> float:
+    """One streamed completion; returns the seconds to its first token."""
+    started = time.monotonic()
+    first = None
+    body = {"model": "tiny", "prompt": "hello " * 8, "max_tokens": max_tokens, "stream": True}
+    body |= {"temperature": 0, "ignore_eos": True}
+    with client.stream("POST", "/v1/completions", json=body) as response:
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if first is None and line.startswith("data: {"):
+                first = time.monotonic() - started
+            if line == "data: [DONE]":
+                return first if first is not None else float("nan")
+    raise RuntimeError("stream ended without [DONE]")
+
+
+def worker_nodes(ray) -> dict[str, str]:
+    """Alive nodes with a capacity label: node id -> capacity class."""
+    return {
+        node["NodeID"]: node["Labels"][LABEL]
+        for node in ray.nodes()
+        if node["Alive"] and LABEL in node.get("Labels", {})
+    }
+
+
+def replica_nodes(ray) -> list[str]:
+    """The capacity class of each live replica actor's node."""
+    classes = worker_nodes(ray)
+    return sorted(
+        classes.get(actor["Address"]["NodeID"], "head")
+        for actor in ray._private.state.actors().values()
+        if actor["ActorClassName"] == REPLICA_ACTOR and actor["State"] == "ALIVE"
+    )
+
+
+def running_replicas() -> int:
+    from ray import serve
+
+    states = serve.status().applications["llm"].deployments["ModelReplica"].replica_states
+    return states.get("RUNNING", 0)
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout_s: float, samples: list) -> float:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return time.monotonic()
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}; timeline: {samples[-10:]}")
+
+
+@pytest.fixture(scope="module")
+def fake_cluster() -> Iterator[FakeCluster]:
+    # One spot node at most: once it is preempted, the spot market has nothing to give.
+    cluster = FakeCluster.start(NODE_IDLE_TIMEOUT_S, {"gpu_spot": 1}, SERVE_ENV)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def test_scale_up_preemption_and_idle_scale_down_keep_the_floor(fake_cluster, capsys):
+    import ray
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    ray.init(address=fake_cluster.gcs_address, log_to_driver=False)
+    timeline: list[tuple[float, int, list[str], list[str]]] = []
+    sampling = threading.Event()
+    began = time.monotonic()
+
+    def sample_forever() -> None:
+        while not sampling.is_set():
+            nodes = sorted(worker_nodes(ray).values())
+            timeline.append(
+                (time.monotonic() - began, running_replicas(), replica_nodes(ray), nodes)
+            )
+            time.sleep(1.0)
+
+    try:
+        wait_for("the floor node", lambda: "on-demand-floor" in worker_nodes(ray).values(), 120, [])
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(app_args()), name="llm", route_prefix="/")
+        assert replica_nodes(ray) == ["on-demand-floor"]
+        sampler = threading.Thread(target=sample_forever, daemon=True)
+        sampler.start()
+        base_url = f"http://127.0.0.1:{port}"
+
+        # 1. Load: the queue grows, a second replica is wanted, a spot node comes for it.
+        with Load(base_url, concurrency=6) as load:
+            decided = wait_for(
+                "a second replica", lambda: len(replica_nodes(ray)) >= 2, 90, timeline
+            )
+            node_up = wait_for(
+                "a spot node", lambda: "spot" in worker_nodes(ray).values(), 90, timeline
+            )
+            running = wait_for("2 running replicas", lambda: running_replicas() == 2, 120, timeline)
+            assert replica_nodes(ray) == ["on-demand-floor", "spot"]
+
+            # 2. Spot preemption: drain the spot node, then kill it. Its replacement
+            # cannot go to spot (the type is at max_workers), so burst on-demand covers.
+            [spot_id] = [node for node, kind in worker_nodes(ray).items() if kind == "spot"]
+            drain(ray, spot_id, deadline_s=60)
+            wait_for(
+                "an on-demand replica covering the spot one",
+                lambda: (
+                    replica_nodes(ray) == ["on-demand", "on-demand-floor"]
+                    and running_replicas() == 2
+                ),
+                150,
+                timeline,
+            )
+            assert fake_cluster.kill_node(spot_id) > 0
+            time.sleep(3)
+        served_under_load = load.completed
+
+        # 3. Idle: the replica above the floor goes first, then its node.
+        wait_for("one replica", lambda: replica_nodes(ray) == ["on-demand-floor"], 90, timeline)
+        wait_for(
+            "the burst node removed",
+            lambda: sorted(worker_nodes(ray).values()) == ["on-demand-floor"],
+            90,
+            timeline,
+        )
+        sampling.set()
+        sampler.join(timeout=10)
+
+        assert load.failures == []
+        assert served_under_load > 0
+        # The floor replica ran from deployment to the end, whatever else came and went.
+        assert all("on-demand-floor" in replicas for _, _, replicas, _ in timeline)
+        with capsys.disabled():
+            wanted, node, run = (moment - began for moment in (decided, node_up, running))
+            print(f"\nscale-up: replica {wanted:.1f}s, spot node {node:.1f}s, running {run:.1f}s")
+            for row in timeline:
+                print(f"  t={row[0]:6.1f}s running={row[1]} replicas={row[2]} nodes={row[3]}")
+    finally:
+        sampling.set()
+        serve.shutdown()
+        ray.shutdown()
+
+
+def drain(ray, node_id: str, deadline_s: float) -> None:
+    """What the preemption watcher does on a spot notice: drain with reason PREEMPTION."""
+    from ray.core.generated import autoscaler_pb2
+
+    accepted, why = ray._private.worker.global_worker.gcs_client.drain_node(
+        node_id,
+        autoscaler_pb2.DrainNodeReason.DRAIN_NODE_REASON_PREEMPTION,
+        "spot preemption notice (test)",
+        int((time.time() + deadline_s) * 1000),
+    )
+    assert accepted, why
