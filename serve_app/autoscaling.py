@@ -3,13 +3,15 @@
 Queue length alone is a poor signal for an LLM replica (output lengths vary), so each
 replica reports what actually limits it: requests waiting in its engine, KV-cache usage and
 the recent mean time to first token (`EngineLoadReporter`, returned from the replica's
-`record_autoscaling_stats`, which Serve calls). Serve aggregates those per replica over
-`metrics_window_s` and calls `EngineLoadPolicy` (Serve's custom-policy API:
-`autoscaling_config.policy`), whose pure core is `decide_replicas`: scale up at once when
-any signal is over its target, in proportion to the worst one; scale down one replica at a
-time, and only after the load has stayed low for `downscale_after_s`; never below the
-on-demand floor. Serve then clamps to min/max replicas; the Ray autoscaler adds or removes
-nodes to fit the replicas.
+`record_autoscaling_stats`, which Serve calls); calls queued at Serve's handles for want of
+a replica (the batcher's, when every replica is at max_ongoing_requests) count as waiting.
+Serve aggregates the reports per replica over `metrics_window_s` and calls
+`EngineLoadPolicy` (Serve's custom-policy API: `autoscaling_config.policy`), whose pure core
+is `decide_replicas`: scale up at once when any signal is over its target, in proportion to
+the worst one; scale down one replica at a time, and only after the load has stayed low for
+`downscale_after_s` (no queue, TTFT well under target, and the running requests and KV
+usage would fit in one replica fewer); never below the on-demand floor. Serve then clamps
+to min/max replicas; the Ray autoscaler adds or removes nodes to fit the replicas.
 """
 
 from __future__ import annotations
@@ -63,15 +65,19 @@ class LoadTargets:
     waiting_requests: float = 2.0
     kv_cache_usage: float = 0.8
     ttft_s: float = 2.0
+    max_running_requests: int = 128  # engine.max_num_seqs: a replica's running slots
     downscale_after_s: float = 120.0
     floor: int = 0  # replicas never removed (the on-demand floor)
 
     @classmethod
-    def from_settings(cls, settings: AutoscalingSettings, floor: int) -> LoadTargets:
+    def from_settings(
+        cls, settings: AutoscalingSettings, max_running_requests: int, floor: int
+    ) -> LoadTargets:
         return cls(
             waiting_requests=settings.target_waiting_requests,
             kv_cache_usage=settings.target_kv_cache_usage,
             ttft_s=settings.target_ttft_s,
+            max_running_requests=max_running_requests,
             downscale_after_s=settings.downscale_after_s,
             floor=floor,
         )
@@ -84,11 +90,15 @@ class Decision:
     reason: str  # "up:<signal>", "down", "hold"
 
 
-def load_pressure(loads: list[ReplicaLoad], targets: LoadTargets) -> dict[str, float]:
+def load_pressure(
+    loads: list[ReplicaLoad], targets: LoadTargets, queued_at_handles: float = 0.0
+) -> dict[str, float]:
     """Each signal over its target, for the current replicas (1.0 = at target)."""
     count = len(loads)
+    waiting = sum(load.waiting for load in loads) + queued_at_handles
     return {
-        "queue": sum(load.waiting for load in loads) / (targets.waiting_requests * count),
+        "queue": waiting / (targets.waiting_requests * count),
+        "slots": sum(load.running for load in loads) / (targets.max_running_requests * count),
         "kv": sum(load.kv_cache_usage for load in loads) / (targets.kv_cache_usage * count),
         "ttft": max(load.recent_ttft_s for load in loads) / targets.ttft_s,
     }
@@ -100,12 +110,18 @@ def decide_replicas(
     targets: LoadTargets,
     low_load_since: float | None,
     now: float,
+    queued_at_handles: float = 0.0,
 ) -> Decision:
     """How many replicas the reported load needs. Pure: the unit tests drive it directly."""
     if not loads:  # no report yet (replicas starting): keep what there is
         return Decision(max(current, targets.floor), low_load_since, "hold")
-    pressure = load_pressure(loads, targets)
-    signal, worst = max(pressure.items(), key=lambda item: item[1])
+    pressure = load_pressure(loads, targets, queued_at_handles)
+    # Full running slots alone are no reason to grow: a replica at max_num_seqs queues the
+    # rest, which the queue signal sees; they only stop a downscale.
+    signal, worst = max(
+        ((name, value) for name, value in pressure.items() if name != "slots"),
+        key=lambda item: item[1],
+    )
     if worst > 1.0:
         grown = math.ceil(current * min(worst, MAX_UPSCALE_FACTOR))
         return Decision(max(grown, current + 1, targets.floor), None, f"up:{signal}")
@@ -122,14 +138,13 @@ def _fits_in_one_fewer(
     loads: list[ReplicaLoad], targets: LoadTargets, pressure: dict[str, float]
 ) -> bool:
     """Whether the same work spread over one replica fewer stays well under the targets."""
-    if any(load.waiting > 0 for load in loads):
-        return False
-    if pressure["ttft"] > DOWNSCALE_HEADROOM:
+    if pressure["queue"] > 0 or pressure["ttft"] > DOWNSCALE_HEADROOM:
         return False
     count = len(loads)
     if count <= 1:  # down to zero: only when nothing runs at all
         return all(load.running == 0 for load in loads)
-    return pressure["kv"] * count / (count - 1) <= DOWNSCALE_HEADROOM
+    spread = max(pressure["kv"], pressure["slots"]) * count / (count - 1)
+    return spread <= DOWNSCALE_HEADROOM
 
 
 class EngineLoadPolicy:
@@ -149,7 +164,12 @@ class EngineLoadPolicy:
         now = ctx.current_time if ctx.current_time is not None else time.time()
         state = dict(ctx.policy_state)
         decision = decide_replicas(
-            loads, ctx.target_num_replicas, self.targets, state.get(LOW_LOAD_SINCE), now
+            loads,
+            ctx.target_num_replicas,
+            self.targets,
+            state.get(LOW_LOAD_SINCE),
+            now,
+            queued_at_handles=ctx.total_queued_requests or 0.0,
         )
         state[LOW_LOAD_SINCE] = decision.low_load_since
         return decision.num_replicas, state
@@ -172,7 +192,9 @@ def autoscaling_config(config: AppConfig) -> dict[str, Any]:
         options["downscale_delay_s"] = 0.0
         options["policy"] = {
             "policy_function": f"{__name__}:{EngineLoadPolicy.__name__}",
-            "policy_kwargs": asdict(LoadTargets.from_settings(settings, floor)),
+            "policy_kwargs": asdict(
+                LoadTargets.from_settings(settings, config.engine.max_num_seqs, floor)
+            ),
         }
     return options
 

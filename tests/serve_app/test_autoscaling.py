@@ -28,7 +28,12 @@ from serve_app.engine.engine import EngineStats
 from serve_app.messages import BatchMessage, TaggedChunk, TokenChunk
 
 TARGETS = LoadTargets(
-    waiting_requests=2, kv_cache_usage=0.8, ttft_s=1.0, downscale_after_s=60, floor=0
+    waiting_requests=2,
+    kv_cache_usage=0.8,
+    ttft_s=1.0,
+    max_running_requests=8,
+    downscale_after_s=60,
+    floor=0,
 )
 IDLE = ReplicaLoad(waiting=0, running=1, kv_cache_usage=0.1, recent_ttft_s=0.1)
 
@@ -37,6 +42,18 @@ def test_queueing_scales_up_in_proportion_at_once():
     loads = [ReplicaLoad(waiting=6, running=8, kv_cache_usage=0.5)] * 2  # 3x the target
     decision = decide_replicas(loads, 2, TARGETS, None, now=0.0)
     assert (decision.num_replicas, decision.reason) == (6, "up:queue")
+
+
+def test_calls_queued_at_the_handles_count_as_waiting():
+    loads = [ReplicaLoad(running=8, kv_cache_usage=0.5)] * 2  # nothing waits in the engines
+    decision = decide_replicas(loads, 2, TARGETS, None, now=0.0, queued_at_handles=8)
+    assert (decision.num_replicas, decision.reason) == (4, "up:queue")
+
+
+def test_full_running_slots_stop_a_downscale_but_do_not_grow():
+    loads = [ReplicaLoad(running=8, kv_cache_usage=0.1, recent_ttft_s=0.1)] * 2
+    decision = decide_replicas(loads, 2, TARGETS, low_load_since=0.0, now=1000.0)
+    assert (decision.num_replicas, decision.reason, decision.low_load_since) == (2, "hold", None)
 
 
 def test_kv_pressure_scales_up_by_at_least_one():
@@ -98,7 +115,9 @@ def test_no_reports_yet_holds():
     assert decide_replicas([], 3, TARGETS, None, now=0.0).reason == "hold"
 
 
-def _context(metrics: dict[str, list[float]], target: int, policy_state: dict) -> object:
+def _context(
+    metrics: dict[str, list[float]], target: int, policy_state: dict, queued: float = 0.0
+) -> object:
     deployment = DeploymentID(name="ModelReplica", app_name="llm")
     replicas = [ReplicaID(f"r{index}", deployment) for index in range(target)]
     return AutoscalingContext(
@@ -109,7 +128,7 @@ def _context(metrics: dict[str, list[float]], target: int, policy_state: dict) -
         target_num_replicas=target,
         running_replicas=replicas,
         total_num_requests=0.0,
-        total_queued_requests=0.0,
+        total_queued_requests=queued,
         aggregated_metrics={
             name: dict(zip(replicas, values, strict=True)) for name, values in metrics.items()
         },
@@ -132,6 +151,8 @@ def test_the_serve_policy_reads_serves_aggregated_replica_metrics():
     idle = {WAITING: [0.0], RUNNING: [0.0], KV_CACHE_USAGE: [0.0], RECENT_TTFT_S: [0.0]}
     num_replicas, state = policy(_context(idle, 1, {"serve_internal": 1}))
     assert num_replicas == 1 and state == {"serve_internal": 1, LOW_LOAD_SINCE: 1000.0}
+    num_replicas, _ = policy(_context(idle, 1, {}, queued=3.0))  # the batcher's calls wait
+    assert num_replicas == 2
 
 
 def test_serve_accepts_the_derived_autoscaling_config_and_loads_the_policy():
