@@ -40,19 +40,14 @@ class FakeCluster:
     config: dict
 
     @classmethod
-    def start(
-        cls, idle_timeout_s: float, max_workers: dict[str, int], serve_env: dict[str, str]
-    ) -> FakeCluster:
-        """`max_workers` caps node types below the YAML's (e.g. a spot market that is full)."""
+    def start(cls, idle_timeout_s: float, serve_env: dict[str, str]) -> FakeCluster:
         temp_dir = Path(tempfile.mkdtemp(prefix="rf14_", dir="/tmp"))
         port = free_port()
         config = copy.deepcopy(yaml.safe_load(LOCAL_FAKE_YAML.read_text()))
         config["provider"]["gcs_address"] = f"127.0.0.1:{port}"
-        for name, node_type in config["available_node_types"].items():
+        for node_type in config["available_node_types"].values():
             if "idle_timeout_s" in node_type:
                 node_type["idle_timeout_s"] = idle_timeout_s
-            if name in max_workers:
-                node_type["max_workers"] = max_workers[name]
         head = config["available_node_types"][config["head_node_type"]]
         resources = dict(head["resources"])
         config_file = temp_dir / "autoscaling.yaml"
@@ -90,6 +85,24 @@ class FakeCluster:
         ]
         subprocess.run(command, env=env, check=True, capture_output=True, timeout=120)
         return cls(f"127.0.0.1:{port}", temp_dir, config)
+
+    @property
+    def config_file(self) -> Path:
+        return self.temp_dir / "autoscaling.yaml"
+
+    def exhaust(self, node_type: str) -> None:
+        """From now on no launch of `node_type` can serve anyone: a spot market that is out.
+
+        Autoscaler v2 rereads its config every round. Lowering max_workers would also make
+        it stop the running node of that type at once (over the limit), so the type's new
+        nodes get a label nothing selects instead; the running node keeps its own labels.
+        """
+        labels = self.config["available_node_types"][node_type]["labels"]
+        for key in labels:
+            labels[key] = "exhausted"
+        staged = self.config_file.with_suffix(".next")
+        staged.write_text(yaml.safe_dump(self.config))
+        staged.replace(self.config_file)  # atomic: the monitor never reads half a file
 
     def own_pids(self) -> list[int]:
         marker = str(self.temp_dir).encode()
