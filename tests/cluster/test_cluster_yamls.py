@@ -6,6 +6,7 @@ is a valid one with placement on."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -69,13 +70,16 @@ def test_spot_types_and_only_they_ask_the_cloud_for_spot(path):
         assert asks_for_spot(node_type["node_config"]) == ("spot" in node_type["resources"]), name
 
 
+def deployed_yaml(path: Path) -> str:
+    """The name of the Serve config under deployments/ that the head deploys."""
+    commands = " ".join(load(path)["head_start_ray_commands"]).split()
+    [deployment] = [word for word in commands if "/deployments/" in word]
+    return Path(deployment).name
+
+
 def deployed_app(path: Path) -> AppConfig:
     """The Serve config the head deploys, validated as Serve and as our AppConfig."""
-    commands = " ".join(load(path)["head_start_ray_commands"])
-    [deployment] = [
-        word for word in commands.split() if word.endswith(".yaml") and "/deployments/" in word
-    ]
-    raw = load(ROOT / "deployments" / Path(deployment).name)
+    raw = load(ROOT / "deployments" / deployed_yaml(path))
     [application] = ServeDeploySchema.model_validate(raw).applications
     return load_app_config(application.args)
 
@@ -102,3 +106,13 @@ def test_the_local_fake_deployment_matches_its_cluster():
     cluster = load(ROOT / "cluster" / "local-fake.yaml")
     gpu_nodes = [t for t in cluster["available_node_types"].values() if "labels" in t]
     assert all(node["resources"]["GPU"] == app.replica.num_gpus for node in gpu_nodes)
+
+
+def test_the_readme_deploy_section_names_files_that_exist():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Deploying to a Ray cluster", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"(?:cluster|deployments)/[\w.-]+\.yaml", section))
+    assert {"cluster/aws-spot.yaml", "deployments/gpu-spot.yaml"} <= named
+    assert all((ROOT / path).is_file() for path in named), named
+    heads_deploy = {deployed_yaml(path) for path in CLOUD_YAMLS}
+    assert heads_deploy == {"gpu-spot.yaml"}

@@ -206,3 +206,13 @@ def test_reporter_times_first_tokens_of_single_and_batched_streams():
     asyncio.run(drain())
     assert len(reporter._ttfts) == 2  # one per stream's first token; "b" never started
     assert 0.04 < reporter.recent_ttft_s() < 1.0
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_live_replica_reports_its_engine_load_to_serve(replica_handle, client):
+    client.completions.create(model="tiny", prompt="hello", max_tokens=4)  # one TTFT sample
+    report = replica_handle.record_autoscaling_stats.remote().result(timeout_s=60)
+    assert set(report) == {WAITING, RUNNING, KV_CACHE_USAGE, RECENT_TTFT_S}
+    assert all(isinstance(value, float) for value in report.values())
+    assert 0.0 < report[RECENT_TTFT_S] < 30.0
