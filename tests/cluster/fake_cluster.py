@@ -83,8 +83,12 @@ class FakeCluster:
             "--object-store-memory=100000000",
             "--disable-usage-stats",
         ]
-        subprocess.run(command, env=env, check=True, capture_output=True, timeout=120)
-        return cls(f"127.0.0.1:{port}", temp_dir, config)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+        cluster = cls(f"127.0.0.1:{port}", temp_dir, config)
+        if done.returncode != 0:
+            cluster.stop()  # whatever half of it started
+            raise RuntimeError(f"ray start failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        return cluster
 
     @property
     def config_file(self) -> Path:

@@ -126,7 +126,10 @@ def wait_for(what: str, check: Callable[[], bool], timeout_s: float, samples: li
 
 @pytest.fixture(scope="module")
 def fake_cluster() -> Iterator[FakeCluster]:
-    cluster = FakeCluster.start(NODE_IDLE_TIMEOUT_S, SERVE_ENV)
+    try:
+        cluster = FakeCluster.start(NODE_IDLE_TIMEOUT_S, SERVE_ENV)
+    except RuntimeError:  # a port picked as free was taken meanwhile by another Ray
+        cluster = FakeCluster.start(NODE_IDLE_TIMEOUT_S, SERVE_ENV)
     try:
         yield cluster
     finally:
