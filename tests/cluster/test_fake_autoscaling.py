@@ -23,7 +23,7 @@ from tests.cluster import cold_start
 from tests.cluster.fake_cluster import FakeCluster
 from tests.serve_app.conftest import free_port
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(600)]
 
 DEPLOYMENT_YAML = Path(__file__).parents[2] / "deployments" / "local-fake.yaml"
 LABEL = "serve-app/capacity"
