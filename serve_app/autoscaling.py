@@ -157,7 +157,9 @@ class EngineLoadPolicy:
         """`ctx` is Serve's AutoscalingContext: per-replica means of our reported metrics."""
         metrics = ctx.aggregated_metrics or {}
         loads = [
-            ReplicaLoad.from_metrics({name: metrics[name][replica] for name in metrics})
+            ReplicaLoad.from_metrics(
+                {name: values[replica] for name, values in metrics.items() if replica in values}
+            )
             for replica in ctx.running_replicas
             if all(replica in metrics.get(name, {}) for name in (WAITING, KV_CACHE_USAGE))
         ]
