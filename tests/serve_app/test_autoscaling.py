@@ -157,8 +157,11 @@ def test_the_serve_policy_reads_serves_aggregated_replica_metrics():
 
 def test_a_replica_missing_some_metrics_is_read_with_what_it_sent():
     policy = EngineLoadPolicy(waiting_requests=2)
-    context = _context({WAITING: [6.0], KV_CACHE_USAGE: [0.1]}, 1, {})  # no RUNNING, no TTFT
-    assert policy(context)[0] == 3
+    metrics = {WAITING: [6.0, 6.0], KV_CACHE_USAGE: [0.1, 0.1], RUNNING: [2.0, 2.0]}
+    context = _context(metrics, 2, {})
+    second = context.running_replicas[1]
+    del context.aggregated_metrics[RUNNING][second]  # its RUNNING report has not arrived
+    assert policy(context)[0] == 6
 
 
 def test_serve_accepts_the_derived_autoscaling_config_and_loads_the_policy():
