@@ -221,8 +221,10 @@ def test_scale_up_preemption_and_idle_scale_down_keep_the_floor(fake_cluster, ca
                 print(f"  {name:<40} {seconds:6.1f}")
             print(f"  {'first token on an idle replica':<40} {idle_ttft_s:6.2f}")
             print(f"  {'total, decision -> first call':<40} {start.total_s():6.1f}")
-            for row in timeline:
-                print(f"  t={row[0]:6.1f}s running={row[1]} replicas={row[2]} nodes={row[3]}")
+            print("timeline (each change):")
+            for previous, row in zip([None, *timeline], timeline, strict=False):
+                if previous is None or previous[1:] != row[1:]:
+                    print(f"  t={row[0]:6.1f}s running={row[1]} replicas={row[2]} nodes={row[3]}")
     finally:
         sampling.set()
         serve.shutdown()
