@@ -73,6 +73,7 @@ class FakeCluster:
             f"--resources={json.dumps(resources)}",
             f"--autoscaling-config={config_file}",
             "--include-dashboard=false",
+            f"--dashboard-port={free_port()}",  # its minimal head still binds one (8265)
             f"--ray-client-server-port={free_port()}",
             f"--dashboard-agent-listen-port={free_port()}",
             f"--dashboard-agent-grpc-port={free_port()}",
