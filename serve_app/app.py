@@ -14,9 +14,11 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from serve_app.autoscaling import autoscaling_config
 from serve_app.batcher.deployment import Batcher
 from serve_app.config import AppConfig, load_app_config
 from serve_app.ingress.http import OpenAIIngress
+from serve_app.placement import with_frontend_placement, with_replica_placement
 from serve_app.preflight import check_app
 from serve_app.replica.deployment import ModelReplica
 
@@ -28,8 +30,11 @@ BATCHER_NAME = "Batcher"
 def build_app(args: dict[str, Any] | None = None) -> Application:
     config = load_app_config(args)
     check_app(config)  # model, TP split and resources: fail here, not in the replicas
-    replica = serve.deployment(ModelReplica).options(**replica_options(config))
-    ingress = serve.deployment(OpenAIIngress).options(**ingress_options(config))
+    # On a cluster (`placement.enabled`) each deployment is also told which nodes to use.
+    replica_opts = with_replica_placement(config, replica_options(config))
+    ingress_opts = with_frontend_placement(config, ingress_options(config))
+    replica = serve.deployment(ModelReplica).options(**replica_opts)
+    ingress = serve.deployment(OpenAIIngress).options(**ingress_opts)
     return ingress.bind(config, token_source(config, replica.bind(config)))
 
 
@@ -38,7 +43,8 @@ def token_source(config: AppConfig, replica: Application) -> Application:
     the replicas themselves; both answer `generate_batch(requests)` (serve_app/batch_call.py)."""
     if not config.batcher.enabled:
         return replica
-    return serve.deployment(Batcher).options(**batcher_options(config)).bind(config, replica)
+    options = with_frontend_placement(config, batcher_options(config))
+    return serve.deployment(Batcher).options(**options).bind(config, replica)
 
 
 # Serve calls a deployment replica may hold beyond its share of the admission bound:
@@ -71,7 +77,7 @@ def replica_options(config: AppConfig) -> dict[str, Any]:
     }
     if settings.autoscaling is not None:
         del options["num_replicas"]
-        options["autoscaling_config"] = settings.autoscaling.model_dump()
+        options["autoscaling_config"] = autoscaling_config(config)
     if config.engine.tensor_parallel_size > 1:
         options["placement_group_bundles"] = rank_bundles(config)
         options["placement_group_strategy"] = "STRICT_PACK"  # one node: NCCL/gloo on its IP

@@ -10,7 +10,7 @@ Serve's `http_options` (see deployments/dev.yaml), not to the application.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -41,11 +41,23 @@ class _Section(BaseModel):
 
 
 class AutoscalingSettings(_Section):
-    """Serve autoscaling of model replicas (replaces a fixed `num_replicas`)."""
+    """Serve autoscaling of model replicas (replaces a fixed `num_replicas`).
 
-    min_replicas: int = Field(1, ge=0)
+    `policy: engine_load` scales on what the replicas report (serve_app/autoscaling.py):
+    waiting requests, KV-cache usage and recent TTFT against the targets below; up at once,
+    down one replica per `downscale_after_s` of low load. `ongoing_requests` is Serve's own
+    policy on `target_ongoing_requests`.
+    """
+
+    min_replicas: int = Field(1, ge=0)  # 0: scale to zero (docs/deploy.md: cold-start cost)
     max_replicas: int = Field(1, ge=1)
     target_ongoing_requests: float = Field(8.0, gt=0)
+    policy: Literal["engine_load", "ongoing_requests"] = "engine_load"
+    target_waiting_requests: float = Field(2.0, gt=0)  # per replica, waiting in the engine
+    target_kv_cache_usage: float = Field(0.8, gt=0, le=1)
+    target_ttft_s: float = Field(2.0, gt=0)  # recent mean time to first token on a replica
+    downscale_after_s: float = Field(120.0, ge=0)  # low load this long removes one replica
+    metrics_window_s: float = Field(15.0, gt=0)  # Serve's look-back over replica reports
 
     @model_validator(mode="after")
     def _ordered(self) -> AutoscalingSettings:
@@ -186,6 +198,21 @@ class AuthSettings(_Section):
     api_keys_file: Path | None = None
 
 
+class PlacementSettings(_Section):
+    """Spot-aware placement on a Ray cluster (serve_app/placement.py; cluster/*.yaml).
+
+    Off on a dev box: everything runs wherever Ray finds room. On: model replicas fill the
+    on-demand floor nodes first, then spot, then on-demand burst nodes, told apart by the
+    node label `capacity_label`; the ingress and batcher need `frontend_resource`, which
+    only the on-demand CPU nodes (the head) carry.
+    """
+
+    enabled: bool = False
+    on_demand_floor: int = Field(1, ge=0)  # model replicas always kept on on-demand nodes
+    capacity_label: str = Field("serve-app/capacity", min_length=1)
+    frontend_resource: str = Field("on_demand_cpu", min_length=1)
+
+
 class AppConfig(_Section):
     """The whole application. `model` is a HuggingFace directory or a preset (`tiny`)."""
 
@@ -198,6 +225,7 @@ class AppConfig(_Section):
     limits: LimitSettings = Field(default_factory=LimitSettings)
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    placement: PlacementSettings = Field(default_factory=PlacementSettings)
 
     @model_validator(mode="before")
     @classmethod

@@ -19,6 +19,7 @@ from contextlib import aclosing
 from dataclasses import asdict
 
 from serve_app.abort_channel import LazyAbortListener
+from serve_app.autoscaling import EngineLoadReporter
 from serve_app.config import AppConfig
 from serve_app.engine.async_engine import AsyncEngine
 from serve_app.messages import BatchMessage, BatchRequest
@@ -48,12 +49,14 @@ class ModelReplica:
             stream_interval_s=config.replica.stream_interval_ms / 1000,
         )
         self._abort_listener = LazyAbortListener(on_abort=self.batches.abort_requests)
+        self.load = EngineLoadReporter()  # what the autoscaling policy reads (TTFT, KV, queue)
 
     async def generate_batch(self, requests: list[BatchRequest]) -> AsyncIterator[BatchMessage]:
         """Run many requests in one stream (the batcher's call, or the ingress's)."""
         self._start_metrics()
-        messages = self.batches.run(requests, self._abort_listener.channel_name())
-        async with aclosing(messages):
+        batch = self.batches.run(requests, self._abort_listener.channel_name())
+        timed = self.load.timed_batch(batch, [request.request_id for request in requests])
+        async with aclosing(timed) as messages:
             async for message in messages:
                 yield message
 
@@ -72,6 +75,10 @@ class ModelReplica:
         """For the ingress's /health (through the batcher): True, or the engine's failure."""
         self.engine.check_health()
         return True
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Called by Serve: this replica's engine load, for serve_app/autoscaling.py's policy."""
+        return self.load.report(self.engine.stats())
 
     async def check_health(self) -> None:
         """Called by Serve; raising marks the replica unhealthy and gets it replaced."""
