@@ -60,7 +60,10 @@ def current_cluster() -> ClusterResources:
     """The cluster this process is connected to; else the one `serve run` will use."""
     if ray.is_initialized():
         return _from_connected_ray()
-    address = services.canonicalize_bootstrap_address(_serve_cli_address())
+    explicit = _serve_cli_address()
+    if explicit is None:  # not "auto": a stale cluster file would make ray.init hang
+        return this_machine()
+    address = services.canonicalize_bootstrap_address(explicit)
     if address is None:
         return this_machine()
     # `serve run <import path>` calls build_app before it connects: connect briefly to the
