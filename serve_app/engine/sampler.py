@@ -9,11 +9,11 @@ Logprobs are the model's own log-probabilities (before penalties and temperature
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from kernels.cpu_elementwise import CpuElementwise
 from serve_app.engine.sampling_params import SamplingParams
 from serve_app.engine.sequence import TokenLogprobs
 
@@ -74,18 +74,20 @@ def truncate_probs(probs: torch.Tensor, top_k: int, top_p: float, min_p: float) 
     return probs
 
 
-class Sampler:
-    def __init__(self, seed: int, device: torch.device) -> None:
-        self.generator = torch.Generator(device=device).manual_seed(seed)
-        # The native row-wise argmax (kernels/cpu_elementwise.py), set by the engine when
-        # the `cpu` backend runs: torch's ran on one thread (1-2.5 ms per 128 x 32000 rows).
-        self.native: CpuElementwise | None = None
+def argmax_rows(scores: torch.Tensor) -> torch.Tensor:
+    """(rows, vocab) -> (rows,) int64 index of each row's maximum."""
+    return scores.argmax(dim=-1)
 
-    def argmax(self, scores: torch.Tensor) -> torch.Tensor:
-        """(rows, vocab) -> (rows,) int64 index of each row's maximum."""
-        if self.native is not None and scores.shape[1] > 0 and self.native.supports(scores):
-            return self.native.argmax_rows(scores)
-        return scores.argmax(dim=-1)
+
+class Sampler:
+    def __init__(
+        self,
+        seed: int,
+        device: torch.device,
+        argmax: Callable[[torch.Tensor], torch.Tensor] = argmax_rows,  # fast_paths.py: native
+    ) -> None:
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.argmax = argmax
 
     @torch.inference_mode()
     def sample(

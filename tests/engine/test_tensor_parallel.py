@@ -18,16 +18,16 @@ import torch
 from serve_app.engine.async_engine import AsyncEngine, EngineDeadError
 from serve_app.engine.config import ConfigError, EngineConfig
 from serve_app.engine.engine import LLMEngine
-from serve_app.engine.executor import InProcessExecutor, make_executor
 from serve_app.engine.loader import read_architecture
-from serve_app.engine.multiproc_executor import (
+from serve_app.engine.parallel.context import check_tensor_parallel_sizes
+from serve_app.engine.parallel.executor import InProcessExecutor, make_executor
+from serve_app.engine.parallel.multiproc_executor import (
     MultiprocessExecutor,
     TensorParallelError,
     plan_kv_blocks_over_ranks,
 )
-from serve_app.engine.parallel import check_tensor_parallel_sizes
+from serve_app.engine.parallel.worker import KVMemoryReport
 from serve_app.engine.sampling_params import SamplingParams
-from serve_app.engine.worker import KVMemoryReport
 from tests.engine.checkpoints import VARIANTS, build_checkpoint
 
 GREEDY = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from serve_app.engine.layers.linear import PackableProjection, linear_contiguous
-from serve_app.engine.parallel import ParallelContext
+from serve_app.engine.parallel.context import ParallelContext
 
 
 class VocabParallelEmbedding(nn.Module):
