@@ -1,10 +1,8 @@
 """The one place that chooses the attention backend and builds it; the model's attention
-layers receive it (layers/attention.py).
-
-`torch` runs the references in kernels/reference.py (the oracle, and the CPU fallback);
-`cpu` runs attention, decodes and prefill chunks alike, through the native C kernel
-(kernels/cpu_paged_attention.py, built on first use with the machine's C compiler);
-`triton` runs the Triton kernels (CUDA, or CPU under TRITON_INTERPRET=1).
+layers receive it (layers/attention.py). `torch` runs the references in kernels/reference.py
+(the oracle, and the CPU fallback); `cpu` the native C kernel for decodes and prefill chunks
+alike (kernels/cpu_paged_attention.py, built on first use with the machine's C compiler);
+`triton` the Triton kernels (CUDA, or CPU under TRITON_INTERPRET=1).
 """
 
 from __future__ import annotations

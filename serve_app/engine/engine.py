@@ -121,8 +121,7 @@ class LLMEngine:
     def _postprocess(
         self, chunks: list[ScheduledChunk], logits: torch.Tensor | None
     ) -> list[ScheduledChunk]:
-        """Advance every chunk's sequence and append a token to those that sample; returns
-        the chunks that sampled."""
+        """Advance every chunk's sequence, sample a token for those that end a prompt or decode."""
         sampling_chunks = [chunk for chunk in chunks if chunk.samples_token]
         for chunk in chunks:
             chunk.seq.num_computed_tokens += chunk.num_new_tokens

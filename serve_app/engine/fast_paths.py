@@ -35,9 +35,9 @@ from serve_app.engine.models.llama import KVCache, LlamaAttention
 
 logger = logging.getLogger(__name__)
 
-# At most this much work per warm-up pass (the decode sizes, then a full token budget): ~5 s
-# at the dev box's 400 GFLOP/s; an 8B model would stop near batch size 50 and build larger
-# ones on first use (bench/README.md, "Numbers behind the engine's comments").
+# At most this much work per warm-up pass (the decode sizes, then a full token budget): a few
+# seconds at the dev box's rate; a large model builds its larger batch sizes on first use
+# (bench/README.md, "Numbers behind the engine's code comments").
 GEMM_WARMUP_MAX_FLOPS = 2e12
 
 
@@ -49,8 +49,7 @@ class FastPaths:
     elementwise: CpuElementwise | None = None
 
     def argmax(self, scores: torch.Tensor) -> torch.Tensor:
-        """The sampler's (rows, vocab) -> (rows,) int64 argmax, native where it applies
-        (torch's runs on one thread)."""
+        """The sampler's argmax, native where it applies (torch's runs on one thread)."""
         kernels = self.elementwise
         if kernels is not None and scores.shape[1] > 0 and kernels.supports(scores):
             return kernels.argmax_rows(scores)
@@ -77,7 +76,11 @@ def apply_fast_paths(
         pack_projection_weights(model)
         if config.cpu_gemm_warmup:
             warm_up_packed_gemms(model, config)
-    kernels = load_native_elementwise() if attention_backend == "cpu" else None
+    try:
+        kernels = load_cpu_elementwise(kernel_cache_dir()) if attention_backend == "cpu" else None
+    except NativeBuildError as error:
+        logger.warning("native elementwise kernels unavailable, torch ops instead: %s", error)
+        kernels = None
     if kernels is not None:
         for module in model.modules():
             native_class = NATIVE_MODULES.get(type(module))
@@ -85,14 +88,6 @@ def apply_fast_paths(
                 module.__class__ = native_class  # same parameters, buffers and place
                 module.kernels = kernels
     return FastPaths(packed_weights, kernels)
-
-
-def load_native_elementwise() -> CpuElementwise | None:
-    try:
-        return load_cpu_elementwise(kernel_cache_dir())
-    except NativeBuildError as error:
-        logger.warning("native elementwise kernels unavailable, torch ops instead: %s", error)
-        return None
 
 
 class NativeRMSNorm(RMSNorm):
@@ -188,12 +183,10 @@ def warm_up_packed_gemms(model: nn.Module, config: EngineConfig) -> None:
 def warm_up_packed_projections(
     modules: list[nn.Module], token_counts: list[int], max_flops: float = math.inf
 ) -> int:
-    """Run each packed projection shape among `modules` once per token count, on zeros:
-    oneDNN builds a kernel per (weight shape, token count) on first use, which would
-    otherwise land on the first step of every new batch size. Layers of one shape share the
-    kernels, so one layer per shape runs. Token counts go in the order given, every shape at
-    each; the warm-up stops before the product that would take it past `max_flops`. Returns
-    how many of the token counts every shape ran at."""
+    """Run each packed projection shape among `modules` (one layer per shape: they share
+    oneDNN's kernels, built per shape and token count on first use) once per token count, on
+    zeros, in the order given, stopping before the product that would pass `max_flops`.
+    Returns how many of the token counts every shape ran at."""
     by_shape: dict[tuple[int, int, bool], PackableProjection] = {}
     for module in modules:
         if isinstance(module, PackableProjection) and module.packed_weight is not None:

@@ -26,10 +26,8 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from serve_app.engine.config import EngineConfig
 from serve_app.engine.engine import LLMEngine
-from serve_app.engine.loader import read_architecture
 from serve_app.engine.model_input import ModelInput
 from serve_app.engine.model_path import resolve_model_dir
-from serve_app.engine.parallel.context import check_tensor_parallel_sizes
 from serve_app.engine.parallel.executor import TensorParallelError, TensorParallelExecutor
 from serve_app.engine.parallel.group import Rendezvous
 from serve_app.engine.parallel.worker import KVMemoryReport, TensorParallelWorker
@@ -113,7 +111,6 @@ class RayExecutor(TensorParallelExecutor):
         model_dir: Path,
         placement_group: PlacementGroup | None = None,  # None: the caller's own
     ) -> None:
-        check_tensor_parallel_sizes(read_architecture(model_dir), config.tensor_parallel_size)
         self.placement_group = placement_group or get_current_placement_group()
         self.host = ray.util.get_node_ip_address()
         self.actors: list = []  # ray ActorHandles, rank 1..N-1 in order

@@ -16,20 +16,18 @@ from serve_app.engine.layers.packed_linear import pack_weight, packed_linear
 from serve_app.engine.parallel.context import ParallelContext
 
 # Below this many tokens CPU projections compute (W x^T)^T; from here on F.linear, which is
-# as fast there (bench/README.md) and returns a contiguous result.
+# as fast there and returns a contiguous result.
 TRANSPOSED_PROJECTION_MAX_TOKENS = 256
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x W^T + b for x (tokens, in) and W (out, in): (tokens, out).
 
-    On CPU, for fewer than TRANSPOSED_PROJECTION_MAX_TOKENS tokens, this computes (W x^T)^T:
-    MKL's float32 GEMM runs that form 1.2-1.7x faster than `F.linear` for the few-token
-    batches of decoding, and no faster from 256 tokens on (bench/README.md has both
-    measurements). The result is then a transposed view, strides (1, tokens), which the next
-    projection takes without a copy; every caller must accept a non-contiguous result.
-    Prefill-sized batches get F.linear's contiguous result: elementwise work and norms on a
-    transposed 2048-token activation ran 5-30x slower than on a contiguous one.
+    On CPU, below TRANSPOSED_PROJECTION_MAX_TOKENS tokens, this computes (W x^T)^T, which
+    MKL runs faster for decode-sized batches; the result is then a transposed view (strides
+    (1, tokens)), so every caller must accept a non-contiguous result. Prefill-sized batches
+    stay contiguous, where elementwise work is much faster (bench/README.md, "Numbers behind
+    the engine's code comments").
     """
     if not _transposed_form_pays(x):
         return F.linear(x, weight, bias)
@@ -53,9 +51,8 @@ def linear_contiguous(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     head's logits, which the sampler reduces per row).
 
     On CPU, for decode-sized batches, each slice of CONTIGUOUS_SLICE_ROWS output features is
-    computed in the fast (W x^T) form and copied into place while it is still in cache:
-    on 128 x 32000 logits that ran at 150 GFLOP/s against 137 for one (W x^T)^T and a
-    copy of the whole transposed result, and 123 for F.linear (bench/README.md).
+    computed in the fast (W x^T) form and copied into place while it is still in cache
+    (bench/README.md, "Numbers behind the engine's code comments").
     """
     if not _transposed_form_pays(x):
         return F.linear(x, weight)

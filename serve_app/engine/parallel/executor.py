@@ -116,12 +116,10 @@ class InProcessExecutor:
 
 class TensorParallelExecutor(ABC):
     """Rank 0 (the driver) runs in the engine's process, so its logits never leave it; ranks
-    1..N-1 run wherever the transport puts them. Steps are one-way: the collectives inside
-    the layers keep the ranks in lock-step. A watcher thread notices a failed rank; then the
-    executor shuts everything down and raises TensorParallelError instead of hanging.
-
-    `lock` guards `failure` and `closed`: health checks (any thread), the watcher and the
-    engine thread all read and write them."""
+    1..N-1 run wherever the transport puts them. The model must split over the ranks (checked
+    before any starts). Steps are one-way: the collectives inside the layers keep the ranks in
+    lock-step. A watcher thread notices a failed rank; then the executor shuts everything
+    down and raises TensorParallelError instead of hanging."""
 
     host = "127.0.0.1"  # where the group meets and rank 0 listens
     threads_per_rank = 0  # torch threads for rank 0's forward (0: leave the count alone)
@@ -129,8 +127,9 @@ class TensorParallelExecutor(ABC):
     def __init__(self, config: EngineConfig, model_dir: Path) -> None:
         self.world_size = config.tensor_parallel_size
         assert self.world_size > 1, "TP=1 runs in-process (InProcessExecutor)"
+        check_tensor_parallel_sizes(read_architecture(model_dir), self.world_size)
         self.driver: TensorParallelWorker | None = None
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # for `failure`, `closed`: any thread may look at once
         self.failure: str | None = None  # the first failure seen; never overwritten
         self.closed = False
         self.stop_watching = threading.Event()
@@ -254,11 +253,9 @@ def intra_op_threads(num_threads: int) -> Iterator[None]:
 
 
 def make_executor(config: EngineConfig, model_dir: Path) -> Executor:
-    """TP=1: in-process, no process group. TP>1: one local process per extra rank, after
-    checking (before anything starts) that the model splits over that many ranks."""
+    """TP=1: in-process, no process group. TP>1: one local process per extra rank."""
     if config.tensor_parallel_size == 1:
         return InProcessExecutor(config, model_dir)
-    check_tensor_parallel_sizes(read_architecture(model_dir), config.tensor_parallel_size)
     # Imported here: the multiprocess machinery is not needed for TP=1.
     from serve_app.engine.parallel.multiproc_executor import MultiprocessExecutor
 
