@@ -19,25 +19,10 @@ from serve_app.engine.layers.norm import RMSNorm
 from serve_app.engine.models.llama import LlamaAttention
 from serve_app.engine.sampling_params import SamplingParams
 from tests.engine.checkpoints import build_checkpoint
+from tests.engine.recording import RecordingExecutor
 
 PROMPTS = [[5, 6, 7], list(range(10, 90)), [200] * 20]
 GREEDY = SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
-
-
-class LogitsRecorder:
-    """Passes every call through to the engine's executor and keeps each step's logits."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.logits: list[torch.Tensor] = []
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
-
-    def execute(self, model_input):
-        logits = self.inner.execute(model_input)
-        self.logits.append(logits.clone())
-        return logits
 
 
 def run(model: str, fast_paths: bool) -> tuple[list[list[int]], list[torch.Tensor], LLMEngine]:
@@ -52,7 +37,7 @@ def run(model: str, fast_paths: bool) -> tuple[list[list[int]], list[torch.Tenso
             cpu_fast_paths=fast_paths,
         )
     )
-    engine.executor = recorder = LogitsRecorder(engine.executor)
+    engine.executor = recorder = RecordingExecutor(engine.executor)
     return engine.generate(PROMPTS, GREEDY), recorder.logits, engine
 
 
