@@ -39,8 +39,8 @@ from serve_app.engine.layers.packed_linear import (
     pack_weight,
     packed_linear,
 )
+from serve_app.engine.model_path import resolve_model_dir
 from serve_app.engine.sampling_params import SamplingParams
-from serve_app.engine.tiny import resolve_model_dir
 
 
 @dataclass

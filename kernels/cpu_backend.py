@@ -1,9 +1,10 @@
 """The engine's `cpu` attention backend: every query token attends through the native kernel
 (kernels/cpu_paged_attention.py), which reads the paged cache in place, decodes and prefill
-chunks alike in one call per layer (`python -m bench.cpu_attention`: 4-14x faster than
-the reference on decode batches and on prefill chunks of 64-2048 tokens); KV writes go
-through the torch reference (or the model's fused rotary + KV-write kernel). Batches the
-kernel does not support (another dtype, an unusual head shape) run wholly on the reference.
+chunks alike in one call per layer (`python -m bench.cpu_attention` measures it against the
+reference; bench/README.md, "Numbers behind the engine's code comments"); KV writes go
+through the torch reference (or the fused rotary + KV-write kernel of engine/fast_paths.py).
+Batches the kernel does not support (another dtype, an unusual head shape) run wholly on
+the reference.
 """
 
 from __future__ import annotations

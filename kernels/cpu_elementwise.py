@@ -1,9 +1,10 @@
 """Launcher of the native CPU elementwise kernels (kernels/csrc/cpu_elementwise.c): the
 residual add fused with RMSNorm, SiLU-and-mul, the rotary embedding of q and k fused with
 the K/V cache write, and a row-wise argmax for the sampler; float32, one pass each over
-contiguous rows. Same results as the torch ops they replace (in serve_app/engine: layers/
-norm.py, activation.py, rotary.py, sampler.py) up to float rounding, the rotation and the
-argmax exactly (bench/README.md has the measurements).
+contiguous rows. serve_app/engine/fast_paths.py swaps them into a loaded model in place of
+the torch ops of layers/norm.py, activation.py, rotary.py and the sampler's argmax: the same
+results up to float rounding, the rotation and the argmax exactly (bench/README.md has the
+measurements).
 """
 
 from __future__ import annotations

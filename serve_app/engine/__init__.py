@@ -1,6 +1,7 @@
 """The inference engine: pure PyTorch (never imports ray).
 
-Public entry points: `EngineConfig`, `SamplingParams`, `LLMEngine`, `AsyncEngine`.
+Exported here: `EngineConfig` and `SamplingParams`, which load no torch. The engine itself
+is `engine.LLMEngine`, or `async_engine.AsyncEngine` for asyncio.
 """
 
 from serve_app.engine.config import EngineConfig

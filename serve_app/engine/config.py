@@ -29,6 +29,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
     attention_backend: str = "auto"  # auto: triton on CUDA; cpu on CPU (torch without a C compiler)
+    cpu_fast_paths: bool = True  # CPU: packed weights, native elementwise kernels (fast_paths.py)
     cpu_packed_weights: bool = True  # CPU float32: oneDNN GEMMs on weights packed at load
     cpu_gemm_warmup: bool = True  # build the packed GEMMs' kernels per decode batch size at start
     tensor_parallel_size: int = 1

@@ -1,6 +1,7 @@
 """LLMEngine: add_request / step / abort over the scheduler, executor and sampler.
 
-One step reads as four lines: schedule, run the model, sample, collect what finished.
+One step reads as four lines: schedule, run the model, postprocess (advance the sequences,
+sample), collect what finished.
 """
 
 from __future__ import annotations
@@ -8,17 +9,19 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+import torch
+
 from serve_app.engine.block_manager import BlockManager
 from serve_app.engine.config import EngineConfig
-from serve_app.engine.executor import Executor, make_executor
 from serve_app.engine.loader import eos_token_ids
 from serve_app.engine.model_input import build_model_input
+from serve_app.engine.model_path import resolve_model_dir
+from serve_app.engine.parallel.executor import Executor, make_executor
 from serve_app.engine.request_output import RequestOutput
 from serve_app.engine.sampler import Sampler, SamplingRow
 from serve_app.engine.sampling_params import SamplingParams
 from serve_app.engine.scheduler import ScheduledChunk, Scheduler, SchedulerLimits
 from serve_app.engine.sequence import Sequence
-from serve_app.engine.tiny import resolve_model_dir
 
 
 class RequestError(ValueError):
@@ -59,8 +62,8 @@ class LLMEngine:
             self.block_manager,
         )
         # The sampler runs beside rank 0, on its device.
-        self.sampler = Sampler(config.seed, self.executor.runner.device)
-        self.sampler.native = self.executor.runner.native_elementwise
+        runner = self.executor.runner
+        self.sampler = Sampler(config.seed, runner.device, runner.fast_paths.argmax)
         self.sequences: dict[str, Sequence] = {}
         self._arrivals = itertools.count()
 
@@ -130,6 +133,13 @@ class LLMEngine:
         if not chunks:
             return []
         logits = self.executor.execute(build_model_input(chunks, self.config.block_size))
+        sampled = self._postprocess(chunks, logits)
+        return self._collect_outputs(sampled)
+
+    def _postprocess(
+        self, chunks: list[ScheduledChunk], logits: torch.Tensor | None
+    ) -> list[ScheduledChunk]:
+        """Advance every chunk's sequence, sample a token for those that end a prompt or decode."""
         sampling_chunks = [chunk for chunk in chunks if chunk.samples_token]
         for chunk in chunks:
             chunk.seq.num_computed_tokens += chunk.num_new_tokens
@@ -142,7 +152,7 @@ class LLMEngine:
                 sampling_chunks, token_ids, logprobs, strict=True
             ):
                 self._append_token(chunk.seq, token_id, token_logprobs)
-        return self._collect_outputs(sampling_chunks)
+        return sampling_chunks
 
     def _sampling_row(self, seq: Sequence) -> SamplingRow:
         params = seq.sampling_params

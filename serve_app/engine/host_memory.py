@@ -4,17 +4,17 @@ reuse pages that are already mapped.
 glibc serves large allocations (above a threshold that adapts up to 32 MiB) with fresh
 `mmap`s and returns them to the OS on free, and trims the heap top when it grows past a
 threshold. A CPU engine step allocates and frees tens of MiB of activations; with those
-defaults every step faults all of their pages in again. On the `bench` workload that was
-570,000 minor page faults and 2.3 s of kernel time in a 17.6 s run (bench/README.md).
-Raising both thresholds leaves the memory in the heap for reuse; the process's resident
-size then stays at its peak step's working set, which a serving process holds anyway.
+defaults every step faults all of their pages in again. Raising both thresholds leaves the
+memory in the heap for reuse; the process's resident size then stays at its peak step's
+working set, which a serving process holds anyway.
 
 Huge pages: a decode step reads every weight and its sequences' whole K/V cache from DRAM,
 hundreds of MiB in 4 KiB pages. With glibc's `glibc.malloc.hugetlb=1` tunable malloc marks
-its memory for transparent huge pages (2 MiB) and the `bench` workload ran 4-8% faster
-(bench/README.md). Tunables are read when a process starts, so the engine cannot turn this
-on for itself: `make run` and `make bench` start their processes with it, and an engine
-whose process lacks it says so once (huge_pages_hint).
+its memory for transparent huge pages (2 MiB), which the `bench` workload runs faster with.
+Both measured in bench/README.md, "Numbers behind the engine's code comments". Tunables are
+read when a process starts, so the engine cannot turn this on for itself: `make run` and
+`make bench` start their processes with it, and an engine whose process lacks it says so
+once (huge_pages_hint).
 """
 
 from __future__ import annotations

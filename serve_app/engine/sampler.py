@@ -9,15 +9,18 @@ Logprobs are the model's own log-probabilities (before penalties and temperature
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from kernels.cpu_elementwise import CpuElementwise
 from serve_app.engine.sampling_params import SamplingParams
 from serve_app.engine.sequence import TokenLogprobs
 
 _SEED_MIX = 0x9E3779B97F4A7C15
+RowArgmax = Callable[[torch.Tensor], torch.Tensor]
+ROW_ARGMAX: RowArgmax = functools.partial(torch.argmax, dim=-1)
 
 
 @dataclass(slots=True)
@@ -75,17 +78,9 @@ def truncate_probs(probs: torch.Tensor, top_k: int, top_p: float, min_p: float) 
 
 
 class Sampler:
-    def __init__(self, seed: int, device: torch.device) -> None:
+    def __init__(self, seed: int, device: torch.device, argmax: RowArgmax = ROW_ARGMAX) -> None:
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        # The native row-wise argmax (kernels/cpu_elementwise.py), set by the engine when
-        # the `cpu` backend runs: torch's ran on one thread (1-2.5 ms per 128 x 32000 rows).
-        self.native: CpuElementwise | None = None
-
-    def argmax(self, scores: torch.Tensor) -> torch.Tensor:
-        """(rows, vocab) -> (rows,) int64 index of each row's maximum."""
-        if self.native is not None and scores.shape[1] > 0 and self.native.supports(scores):
-            return self.native.argmax_rows(scores)
-        return scores.argmax(dim=-1)
+        self.argmax = argmax  # (rows, vocab) -> (rows,) int64; the engine's is fast_paths.py's
 
     @torch.inference_mode()
     def sample(
@@ -155,7 +150,8 @@ def exponential_noise(
     shape: tuple[int, ...], device: torch.device, generator: torch.Generator
 ) -> torch.Tensor:
     """Exp(1) samples as -log(U), U uniform: on CPU `Tensor.exponential_` draws one value at a
-    time on one thread (21 ms for 32 x 32000), `rand` + `log` take about 3 ms."""
+    time on one thread, several times slower (bench/README.md, "Numbers behind the engine's
+    code comments")."""
     return torch.rand(shape, device=device, generator=generator).log_().neg_()
 
 

@@ -10,7 +10,6 @@ exercise the serving path, not to be read.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -46,24 +45,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("SERVE_APP_CACHE", Path.home() / ".cache" / "serve_app"))
-
-
-def resolve_model_dir(model: str) -> Path:
-    """A preset name builds (once) and returns its directory; anything else is a path."""
-    if model in PRESETS:
-        return build_preset(model)
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"model {model!r} is neither a preset {sorted(PRESETS)} nor a directory"
-        )
-    return path
-
-
-def build_preset(name: str, root: Path | None = None) -> Path:
-    target = (root or cache_root()) / "models" / f"{name}-v{PRESET_VERSION}"
+def build_preset(name: str, root: Path) -> Path:
+    """Builds preset `name` under `root` once (model_path.py passes the cache root)."""
+    target = root / "models" / f"{name}-v{PRESET_VERSION}"
     if (target / "config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from serve_app.config import AppConfig
-from serve_app.engine.tiny import resolve_model_dir
+from serve_app.engine.model_path import resolve_model_dir
 from serve_app.ingress import sse
 from serve_app.ingress.admission import Admission, AdmittedTokenStreamer
 from serve_app.ingress.auth import ApiKeys

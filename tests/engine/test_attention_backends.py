@@ -15,10 +15,9 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from serve_app.engine.attention_backend import make_attention_backend, resolve_attention_backend
 from serve_app.engine.config import ConfigError, EngineConfig
 from serve_app.engine.engine import LLMEngine
-from serve_app.engine.layers.attention import make_attention_backend
-from serve_app.engine.model_runner import resolve_attention_backend
 from serve_app.engine.sampling_params import SamplingParams
 
 SHARED_PREFIX = [(7 * i + 3) % 250 for i in range(40)]

@@ -1,4 +1,5 @@
-"""Imports flow one way: the engine and the kernels never import ray."""
+"""Imports flow one way: the engine and the kernels never import ray, and the model (models/,
+layers/) never imports the kernels: backends and fast paths are handed to it or swapped in."""
 
 from __future__ import annotations
 
@@ -22,4 +23,14 @@ def test_engine_and_kernels_never_import_ray() -> None:
     files = [*(ROOT / "serve_app" / "engine").rglob("*.py"), *(ROOT / "kernels").rglob("*.py")]
     assert len(files) > 10
     offenders = [str(path.relative_to(ROOT)) for path in files if "ray" in imported_modules(path)]
+    assert offenders == []
+
+
+def test_models_and_layers_never_import_kernels() -> None:
+    engine = ROOT / "serve_app" / "engine"
+    files = [*(engine / "models").rglob("*.py"), *(engine / "layers").rglob("*.py")]
+    assert len(files) > 5
+    offenders = [
+        str(path.relative_to(ROOT)) for path in files if "kernels" in imported_modules(path)
+    ]
     assert offenders == []

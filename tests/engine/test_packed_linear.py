@@ -13,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from serve_app.engine import model_runner
+from serve_app.engine import fast_paths
 from serve_app.engine.config import EngineConfig
 from serve_app.engine.engine import LLMEngine
-from serve_app.engine.layers.linear import PackableProjection, warm_up_packed_projections
+from serve_app.engine.fast_paths import warm_up_packed_projections
+from serve_app.engine.layers.linear import PackableProjection
 from serve_app.engine.layers.packed_linear import (
     onednn_packing_available,
     pack_weight,
@@ -64,8 +65,8 @@ def run(packed: bool, model: str = "tiny") -> tuple[list[list[int]], LLMEngine]:
 def test_packed_and_plain_paths_generate_the_same_tokens():
     plain, plain_engine = run(packed=False)
     packed, packed_engine = run(packed=True)
-    assert not plain_engine.executor.runner.packed_weights
-    assert packed_engine.executor.runner.packed_weights
+    assert not plain_engine.executor.runner.fast_paths.packed_weights
+    assert packed_engine.executor.runner.fast_paths.packed_weights
     assert packed == plain
 
 
@@ -138,7 +139,7 @@ def test_warm_up_stops_at_its_flop_budget():
 def test_engine_warms_up_its_gemms_at_start(warmup, caplog):
     """Every decode batch size for every projection shape (the LM head included), plus a full
     token budget for the layers' shapes."""
-    caplog.set_level(logging.INFO, logger="serve_app.engine.model_runner")
+    caplog.set_level(logging.INFO, logger="serve_app.engine.fast_paths")
     LLMEngine(
         EngineConfig(
             model="tiny",
@@ -174,8 +175,8 @@ def test_engine_warm_up_within_its_budget_says_where_it_stopped(caplog, monkeypa
             if isinstance(m, PackableProjection)
         }.values()
     )
-    monkeypatch.setattr(model_runner, "GEMM_WARMUP_MAX_FLOPS", 3.5 * flops_per_token)
-    caplog.set_level(logging.INFO, logger="serve_app.engine.model_runner")
+    monkeypatch.setattr(fast_paths, "GEMM_WARMUP_MAX_FLOPS", 3.5 * flops_per_token)
+    caplog.set_level(logging.INFO, logger="serve_app.engine.fast_paths")
     LLMEngine(config)
     built = [r.getMessage() for r in caplog.records if "packed GEMM kernels" in r.getMessage()]
     assert len(built) == 1

@@ -18,17 +18,19 @@ import torch
 from serve_app.engine.async_engine import AsyncEngine, EngineDeadError
 from serve_app.engine.config import ConfigError, EngineConfig
 from serve_app.engine.engine import LLMEngine
-from serve_app.engine.executor import InProcessExecutor, make_executor
 from serve_app.engine.loader import read_architecture
-from serve_app.engine.multiproc_executor import (
-    MultiprocessExecutor,
+from serve_app.engine.parallel.context import check_tensor_parallel_sizes
+from serve_app.engine.parallel.executor import (
+    InProcessExecutor,
     TensorParallelError,
+    make_executor,
     plan_kv_blocks_over_ranks,
 )
-from serve_app.engine.parallel import check_tensor_parallel_sizes
+from serve_app.engine.parallel.multiproc_executor import MultiprocessExecutor
+from serve_app.engine.parallel.worker import KVMemoryReport
 from serve_app.engine.sampling_params import SamplingParams
-from serve_app.engine.worker import KVMemoryReport
 from tests.engine.checkpoints import VARIANTS, build_checkpoint
+from tests.engine.recording import RecordingExecutor
 
 GREEDY = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
 PROMPTS = [
@@ -36,22 +38,6 @@ PROMPTS = [
     [3, 9, 27, 81, 243 % 256, 17, 51, 153, 203],
     [(5 * i + 11) % 256 for i in range(40)],
 ]
-
-
-class RecordingExecutor:
-    """Passes every call through to a real executor and keeps each step's logits."""
-
-    def __init__(self, inner) -> None:
-        self.inner = inner
-        self.logits: list[torch.Tensor] = []
-
-    def __getattr__(self, name: str):
-        return getattr(self.inner, name)
-
-    def execute(self, model_input):
-        logits = self.inner.execute(model_input)
-        self.logits.append(logits.clone())
-        return logits
 
 
 def run_greedy(directory: Path, tensor_parallel_size: int) -> tuple[list[list[int]], list]:

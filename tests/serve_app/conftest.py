@@ -126,7 +126,7 @@ def tokenizer():
     """The tiny model's tokenizer, as the ingress loads it."""
     from transformers import AutoTokenizer
 
-    from serve_app.engine.tiny import resolve_model_dir
+    from serve_app.engine.model_path import resolve_model_dir
 
     return AutoTokenizer.from_pretrained(resolve_model_dir("tiny"))
 

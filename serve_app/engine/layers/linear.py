@@ -7,31 +7,27 @@ plain linear layers.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from serve_app.engine.config import ConfigError
 from serve_app.engine.layers.packed_linear import pack_weight, packed_linear
-from serve_app.engine.parallel import ParallelContext
+from serve_app.engine.parallel.context import ParallelContext
 
 # Below this many tokens CPU projections compute (W x^T)^T; from here on F.linear, which is
-# as fast there (bench/README.md) and returns a contiguous result.
+# as fast there and returns a contiguous result.
 TRANSPOSED_PROJECTION_MAX_TOKENS = 256
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x W^T + b for x (tokens, in) and W (out, in): (tokens, out).
 
-    On CPU, for fewer than TRANSPOSED_PROJECTION_MAX_TOKENS tokens, this computes (W x^T)^T:
-    MKL's float32 GEMM runs that form 1.2-1.7x faster than `F.linear` for the few-token
-    batches of decoding, and no faster from 256 tokens on (bench/README.md has both
-    measurements). The result is then a transposed view, strides (1, tokens), which the next
-    projection takes without a copy; every caller must accept a non-contiguous result.
-    Prefill-sized batches get F.linear's contiguous result: elementwise work and norms on a
-    transposed 2048-token activation ran 5-30x slower than on a contiguous one.
+    On CPU, below TRANSPOSED_PROJECTION_MAX_TOKENS tokens, this computes (W x^T)^T, which
+    MKL runs faster for decode-sized batches; the result is then a transposed view (strides
+    (1, tokens)), so every caller must accept a non-contiguous result. Prefill-sized batches
+    stay contiguous, where elementwise work is much faster (bench/README.md, "Numbers behind
+    the engine's code comments").
     """
     if not _transposed_form_pays(x):
         return F.linear(x, weight, bias)
@@ -55,9 +51,8 @@ def linear_contiguous(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     head's logits, which the sampler reduces per row).
 
     On CPU, for decode-sized batches, each slice of CONTIGUOUS_SLICE_ROWS output features is
-    computed in the fast (W x^T) form and copied into place while it is still in cache:
-    on 128 x 32000 logits that ran at 150 GFLOP/s against 137 for one (W x^T)^T and a
-    copy of the whole transposed result, and 123 for F.linear (bench/README.md).
+    computed in the fast (W x^T) form and copied into place while it is still in cache
+    (bench/README.md, "Numbers behind the engine's code comments").
     """
     if not _transposed_form_pays(x):
         return F.linear(x, weight)
@@ -88,48 +83,6 @@ class PackableProjection(nn.Module):
         if self.packed_weight is not None:
             return packed_linear(x, self.packed_weight, bias)
         return linear(x, self.weight, bias)
-
-
-def pack_projection_weights(model: nn.Module) -> int:
-    """Pack every PackableProjection's weight; returns how many were packed."""
-    projections = [m for m in model.modules() if isinstance(m, PackableProjection)]
-    projection_ids = {id(m) for m in projections}
-    # Weights some other layer reads too (tied embeddings) keep their plain copy.
-    shared = {
-        p.data_ptr()
-        for m in model.modules()
-        if id(m) not in projection_ids
-        for p in m.parameters(recurse=False)
-    }
-    for module in projections:
-        module.pack_weight(release=module.weight.data_ptr() not in shared)
-    return len(projections)
-
-
-def warm_up_packed_projections(
-    modules: list[nn.Module], token_counts: list[int], max_flops: float = math.inf
-) -> int:
-    """Run each packed projection shape among `modules` once per token count, on zeros:
-    oneDNN builds a kernel per (weight shape, token count) on first use, ~0.5 ms each on the
-    dev box, which would otherwise land on the first step of every new batch size. Layers of
-    one shape share the kernels, so one layer per shape runs. Token counts go in the order
-    given, every shape at each; the warm-up stops before the product that would take it
-    past `max_flops`. Returns how many of the token counts every shape ran at."""
-    by_shape: dict[tuple[int, int, bool], PackableProjection] = {}
-    for module in modules:
-        if isinstance(module, PackableProjection) and module.packed_weight is not None:
-            has_bias = getattr(module, "bias", None) is not None
-            by_shape.setdefault((*module.packed_weight.shape, has_bias), module)
-    flops = 0.0
-    with torch.inference_mode():
-        for done, tokens in enumerate(token_counts):
-            for (out_features, in_features, has_bias), module in by_shape.items():
-                cost = 2.0 * tokens * out_features * in_features
-                if flops + cost > max_flops:
-                    return done
-                module.project(torch.zeros(tokens, in_features), module.bias if has_bias else None)
-                flops += cost
-    return len(token_counts)
 
 
 def _attach_loader(param: nn.Parameter, loader) -> nn.Parameter:

@@ -1,11 +1,9 @@
 """Float32 projections on CPU through oneDNN, with each weight packed once after loading.
 
-torch's default float32 GEMM on CPU is MKL's; on this project's dev box (an AMD EPYC with
-AVX-512) it ran a 1024 x 1024 matmul at 175-185 GFLOP/s and decode-sized projections at
-100-180, while oneDNN (which torch also ships) ran the same products at 330-420 GFLOP/s once
-the weight was reordered into its blocked layout (`python -m bench.engine_throughput`
-prints both rates; bench/README.md has the tables). Results are ordinary float32 GEMMs
-(relative error ~4e-7 against float64, as MKL's).
+oneDNN (which torch ships beside MKL, its default CPU GEMM) runs float32 products about twice
+as fast once the weight is reordered into its blocked layout (`python -m
+bench.engine_throughput` prints both rates; bench/README.md, "Numbers behind the engine's
+code comments"). Results are ordinary float32 GEMMs.
 
 Packing goes through torch's `mkldnn` operators, which are not a public API: availability
 is checked by running them once on a small product against F.linear, and the engine keeps
@@ -22,9 +20,8 @@ import torch.nn.functional as F
 
 logger = logging.getLogger(__name__)
 
-# The batch size oneDNN tunes the packed layout for; any token count works with it. Over the
-# bench model's five projection shapes and 16-2048 tokens, 2048 was as fast as or faster
-# than 128 and 512 everywhere, by 5-15% on decode-sized batches (medians of 3 rounds).
+# The batch size oneDNN tunes the packed layout for; any token count works with it. 2048 was
+# the fastest hint tried, decode-sized batches included (bench/README.md, as above).
 PACKING_BATCH_HINT = 2048
 
 

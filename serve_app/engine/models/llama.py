@@ -9,7 +9,6 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from kernels.cpu_elementwise import CpuElementwise
 from serve_app.engine.attention_metadata import AttentionMetadata
 from serve_app.engine.layers.activation import SiluAndMul
 from serve_app.engine.layers.attention import Attention, AttentionBackend
@@ -22,7 +21,7 @@ from serve_app.engine.layers.linear import (
 from serve_app.engine.layers.norm import RMSNorm
 from serve_app.engine.layers.rotary import RotaryEmbedding
 from serve_app.engine.models.architecture import ModelArchitecture
-from serve_app.engine.parallel import ParallelContext
+from serve_app.engine.parallel.context import ParallelContext
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
 
@@ -49,9 +48,6 @@ class LlamaAttention(nn.Module):
             self.q_norm = RMSNorm(arch.head_dim, arch.rms_norm_eps)
             self.k_norm = RMSNorm(arch.head_dim, arch.rms_norm_eps)
         self.qk_norm = arch.qk_norm
-        # The fused rotary + KV-write kernel (kernels/cpu_elementwise.py), set by the model
-        # runner when the `cpu` backend runs; None: torch ops and the backend's store_kv.
-        self.native: CpuElementwise | None = None
         self.rotary = RotaryEmbedding(
             arch.head_dim, max_position, arch.rope_theta, arch.rope_scaling
         )
@@ -69,25 +65,19 @@ class LlamaAttention(nn.Module):
         kv_cache: KVCache,
         metadata: AttentionMetadata,
     ) -> torch.Tensor:
-        num_tokens = hidden.shape[0]
         qkv = self.qkv_proj(hidden)  # (tokens, q_size + 2 * kv_size)
-        native = self.native
-        if (
-            native is not None
-            and not self.qk_norm
-            and native.supports_rotary_store(qkv, kv_cache[0])
-        ):
-            # One pass: q and k rotated, k and v written to their cache slots.
-            q = native.rotary_store_kv(
-                qkv,
-                positions,
-                self.rotary.cos_sin,
-                *kv_cache,
-                metadata.slot_mapping,
-                self.num_heads,
-            )
-            out = self.attn.attend_stored(q, kv_cache, metadata)
-            return self.o_proj(out.reshape(num_tokens, -1))
+        out = self.attend(positions, qkv, kv_cache, metadata)  # (tokens, heads, head_dim)
+        return self.o_proj(out.reshape(hidden.shape[0], -1))
+
+    def attend(
+        self,
+        positions: torch.Tensor,
+        qkv: torch.Tensor,
+        kv_cache: KVCache,
+        metadata: AttentionMetadata,
+    ) -> torch.Tensor:
+        """Rotates q and k, writes this step's K/V into the cache and attends over it."""
+        num_tokens = qkv.shape[0]
         qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
         v = v.view(num_tokens, -1, self.head_dim)  # (tokens, kv_heads, head_dim)
         if self.qk_norm:
@@ -98,8 +88,7 @@ class LlamaAttention(nn.Module):
         else:  # q and k heads rotated together: (tokens, heads + kv_heads, head_dim)
             qk = self.rotary.rotate(positions, qk.view(num_tokens, -1, self.head_dim))
             q, k = qk.split([self.num_heads, qk.shape[1] - self.num_heads], dim=1)
-        out = self.attn(q, k, v, kv_cache, metadata)  # (tokens, heads, head_dim)
-        return self.o_proj(out.reshape(num_tokens, -1))
+        return self.attn(q, k, v, kv_cache, metadata)
 
 
 class LlamaMLP(nn.Module):

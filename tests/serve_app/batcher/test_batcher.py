@@ -13,8 +13,8 @@ import httpx
 import pytest
 from transformers import AutoTokenizer
 
+from serve_app.engine.model_path import resolve_model_dir
 from serve_app.engine.sampling_params import SamplingParams
-from serve_app.engine.tiny import resolve_model_dir
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from serve_app.engine.config import EngineConfig
-from serve_app.engine.distributed import Rendezvous
-from serve_app.engine.worker import TensorParallelWorker
+from serve_app.engine.parallel.group import Rendezvous
+from serve_app.engine.parallel.worker import TensorParallelWorker
 
 WORKER_METHODS = ("kv_memory", "allocate_kv_cache", "execute")
 

@@ -2,8 +2,8 @@
 
 It joins its engine's group, builds the rank's ModelRunner, reports its KV memory, and
 runs each step's ModelInput. Its methods take and return plain picklable values, so any
-transport can drive it: the engine's own process for rank 0, a multiprocessing pipe loop
-(multiproc_executor.py) today, a Ray actor later.
+transport can drive it: the engine's own process for rank 0, a pipe loop in a local process
+(worker_process.py), or a Ray actor (serve_app/replica/ray_executor.py).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import torch
 import torch.distributed as dist
 
 from serve_app.engine.config import EngineConfig
-from serve_app.engine.distributed import Rendezvous, TensorParallelGroup
 from serve_app.engine.model_input import ModelInput
 from serve_app.engine.model_runner import ModelRunner, resolve_device
-from serve_app.engine.parallel import ParallelContext
+from serve_app.engine.parallel.context import ParallelContext
+from serve_app.engine.parallel.group import Rendezvous, TensorParallelGroup
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from serve_app.engine.config import ConfigError
 from serve_app.engine.models.architecture import ModelArchitecture
 
 if TYPE_CHECKING:
-    from serve_app.engine.distributed import TensorParallelGroup
+    from serve_app.engine.parallel.group import TensorParallelGroup
 
 
 @dataclass(frozen=True, slots=True)

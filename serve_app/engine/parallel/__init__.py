@@ -1,0 +1,1 @@
+"""Tensor parallelism: rank context, process groups, worker, and the executors."""
