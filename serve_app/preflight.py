@@ -26,9 +26,9 @@ from serve_app.cluster_resources import ClusterResources, Resources, current_clu
 from serve_app.config import AppConfig, AppConfigError, load_app_config
 from serve_app.engine.config import ConfigError
 from serve_app.engine.loader import read_architecture, safetensors_files
+from serve_app.engine.model_path import resolve_model_dir
 from serve_app.engine.models.architecture import UnsupportedModelError
-from serve_app.engine.parallel import check_tensor_parallel_sizes
-from serve_app.engine.tiny import resolve_model_dir
+from serve_app.engine.parallel.context import check_tensor_parallel_sizes
 from serve_app.exposure import exposure_warning, warn_if_exposed
 
 IMPORT_PATH = "serve_app.app:build_app"

@@ -17,7 +17,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from serve_app.batch_call import BatchStreamEndedError
 from serve_app.engine.async_engine import EngineDeadError
-from serve_app.engine.tensor_parallel import TensorParallelError
+from serve_app.engine.parallel.executor import TensorParallelError
 
 REPLICA_FAILURES = (
     RayActorError,  # the replica actor died or is unreachable (ActorDiedError, ...)

@@ -12,7 +12,7 @@ import pytest
 
 from serve_app.cluster_resources import ClusterResources
 from serve_app.config import load_app_config
-from serve_app.engine.tiny import resolve_model_dir
+from serve_app.engine.model_path import resolve_model_dir
 from serve_app.preflight import (
     PreflightError,
     app_need,
