@@ -133,6 +133,16 @@ class AuthSettings(_Section):
     api_keys_file: Path | None = None
 
 
+class RequestLogSettings(_Section):
+    """One JSON line per finished request (serve_app/request_log.py); no prompt or output
+    text unless `include_text`, and then redacted (serve_app/redaction.py)."""
+
+    enabled: bool = True
+    include_text: bool = False
+    max_text_chars: int = Field(1000, ge=0)  # of each logged prompt and output
+    file: Path | None = None  # append lines here; default: the ingress's stderr (its log)
+
+
 class AppConfig(_Section):
     """The whole application. `model` is a HuggingFace directory or a preset (`tiny`)."""
 
@@ -144,6 +154,7 @@ class AppConfig(_Section):
     batcher: BatcherSettings = Field(default_factory=BatcherSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    request_log: RequestLogSettings = Field(default_factory=RequestLogSettings)
 
     @model_validator(mode="before")
     @classmethod

@@ -91,7 +91,7 @@ class Batcher:
         self, config: AppConfig, replica_handle, abort_sender: AbortSender | None = None
     ) -> None:
         self.policy = AdaptiveBatchPolicy(BatchPolicyConfig.from_user_config(config.batcher.policy))
-        self.metrics = BatcherMetrics.create()
+        self.metrics = BatcherMetrics()
         self.batch_size_counts: Counter[int] = Counter()
         self._replica = replica_handle.options(stream=True, method_name="generate_batch")
         self._abort_sender = abort_sender or AbortSender()
@@ -118,6 +118,7 @@ class Batcher:
             )
         waiter = _Waiter(RequestState(request_id, list(prompt_ids), params), time.monotonic())
         self._queue.append(waiter)
+        self.metrics.set_queued(len(self._queue))
         self._live[request_id] = waiter.state
         self.policy.record_arrival()
         self._arrived.set()
@@ -199,7 +200,8 @@ class Batcher:
         for waiter in waiters:
             waiter.batch = batch
             waiter.state.batch_id = batch.batch_id
-        self.metrics.record_batch([now - waiter.arrived_s for waiter in waiters])
+        waits_s = [now - waiter.arrived_s for waiter in waiters]
+        self.metrics.record_batch(waits_s, self.policy.window_s(), len(self._queue))
         self.batch_size_counts[len(waiters)] += 1
         batch.task = asyncio.get_running_loop().create_task(self._run(batch))
         self._batches.add(batch)

@@ -40,7 +40,7 @@ class ModelReplica:
             stall_timeout_s=config.replica.stall_timeout_s,
             build_engine=make_llm_engine,
         )
-        self.metrics = ReplicaMetrics.create()
+        self.metrics = ReplicaMetrics()
         self._metrics_task: asyncio.Task | None = None
         self.num_cancelled_streams = 0  # callers that left before their request finished
         self.stream_interval_tokens = config.replica.stream_interval_tokens
@@ -107,6 +107,5 @@ class ModelReplica:
 
     async def _report_metrics(self) -> None:
         while True:
-            stats = self.engine.stats()
-            self.metrics.update(stats.num_running + stats.num_waiting, stats.kv_cache_usage)
+            self.metrics.update(self.engine.stats())
             await asyncio.sleep(METRICS_PERIOD_S)
