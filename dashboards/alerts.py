@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from dashboards.promql import quantile, rate, ratio, selector
+from dashboards.promql import quantile, rate, rate_or_zero, ratio, selector
 from serve_app import metrics as m
 from serve_app.app import REPLICA_NAME
 
@@ -56,15 +56,15 @@ class Alert:
         }
 
 
-def _requests(matchers: str = "") -> str:
-    return rate(m.REQUESTS, WINDOW, matchers=matchers)
+def _share_of_requests(matchers: str) -> str:
+    return ratio(rate_or_zero(m.REQUESTS, WINDOW, matchers), rate(m.REQUESTS, WINDOW))
 
 
 ALERTS = (
     Alert(
         "ServeAppHighErrorRate",
         "More than the threshold share of requests fail with a 5xx",
-        ratio(_requests('status=~"5.."'), _requests()),
+        _share_of_requests('status=~"5.."'),
         ">",
         0.05,
         "5m",
@@ -79,7 +79,7 @@ ALERTS = (
     Alert(
         "ServeAppRequestsShed",
         "More than the threshold share of requests are shed with 429",
-        ratio(_requests('status="429"'), _requests()),
+        _share_of_requests('status="429"'),
         ">",
         0.10,
         "5m",

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dashboards.promql import RATE_INTERVAL as W
-from dashboards.promql import mean, quantile, rate, ratio, selector
+from dashboards.promql import mean, quantile, rate, rate_or_zero, ratio, selector
 from serve_app import metrics as m
 
 QUANTILES = ((0.5, "p50"), (0.9, "p90"), (0.99, "p99"))
@@ -60,12 +60,12 @@ OVERVIEW = Dashboard(
             " or were rejected as invalid (other 4xx). 5xx or 429 above a few percent page.",
             "percentunit",
             (
-                Query("5xx", ratio(rate(m.REQUESTS, W, matchers='status=~"5.."'), ALL_REQUESTS)),
-                Query("429", ratio(rate(m.REQUESTS, W, matchers='status="429"'), ALL_REQUESTS)),
+                Query("5xx", ratio(rate_or_zero(m.REQUESTS, W, 'status=~"5.."'), ALL_REQUESTS)),
+                Query("429", ratio(rate_or_zero(m.REQUESTS, W, 'status="429"'), ALL_REQUESTS)),
                 Query(
                     "other 4xx",
                     ratio(
-                        rate(m.REQUESTS, W, matchers='status=~"4..",status!~"429|499"'),
+                        rate_or_zero(m.REQUESTS, W, 'status=~"4..",status!~"429|499"'),
                         ALL_REQUESTS,
                     ),
                 ),

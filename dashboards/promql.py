@@ -21,6 +21,12 @@ def rate(spec: MetricSpec, window: str, by: str = "", matchers: str = "", suffix
     return f"sum{grouping} (rate({selector(spec, matchers, suffix)}[{window}]))"
 
 
+def rate_or_zero(spec: MetricSpec, window: str, matchers: str) -> str:
+    """The summed rate of the series `matchers` pick, or 0 while none exists yet (no 5xx
+    has ever happened, say): a ratio's numerator stays defined."""
+    return f"({rate(spec, window, matchers=matchers)} or vector(0))"
+
+
 def quantile(q: float, spec: MetricSpec, window: str, by: str = "") -> str:
     labels = f"le, {by}" if by else "le"
     buckets = rate(spec, window, by=labels, suffix="_bucket")
