@@ -2,12 +2,13 @@
 
 Each alert is `signal comparison threshold` held for `for_`: the signal (PromQL over
 serve_app/metrics.py's specs) is what the rule measures, the threshold and the durations are
-knobs (documented in dashboards/README.md with the runbook). `render_rules(overrides)` is
+knobs (documented in dashboards/README.md with the runbook). `with_knobs(overrides)` is
 how a test or an operator derives a copy with other knobs from the same definitions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from dashboards.promql import quantile, rate, rate_or_zero, ratio, selector
@@ -184,12 +185,14 @@ ALERTS = (
 )
 
 
-def render_rules(overrides: dict[str, dict] | None = None) -> dict:
-    """The rule file as data; `overrides` maps an alert name to knob values to change
-    (`threshold`, `window`, `for_`)."""
-    overrides = overrides or {}
+def with_knobs(overrides: dict[str, dict]) -> list[Alert]:
+    """The alerts with some knobs changed: alert name -> {threshold, window, for_: value}."""
     unknown = set(overrides) - {alert.name for alert in ALERTS}
     if unknown:
         raise ValueError(f"unknown alerts {sorted(unknown)}; known: {[a.name for a in ALERTS]}")
-    alerts = [replace(alert, **overrides.get(alert.name, {})) for alert in ALERTS]
-    return {"groups": [{"name": RULE_GROUP, "rules": [alert.rule() for alert in alerts]}]}
+    return [replace(alert, **overrides.get(alert.name, {})) for alert in ALERTS]
+
+
+def rule_file(rules: Iterable[Alert] = ALERTS) -> dict:
+    """Prometheus' rule file format, as data."""
+    return {"groups": [{"name": RULE_GROUP, "rules": [alert.rule() for alert in rules]}]}

@@ -79,9 +79,8 @@ def dashboard_json(spec: panels.Dashboard) -> str:
     return JSONEncoder(sort_keys=True, indent=2).encode(build_dashboard(spec).build()) + "\n"
 
 
-def alerts_yaml(overrides: dict[str, dict] | None = None) -> str:
-    rules = alerts.render_rules(overrides)
-    return ALERTS_HEADER + yaml.safe_dump(rules, sort_keys=False, width=100)
+def alerts_yaml() -> str:
+    return ALERTS_HEADER + yaml.safe_dump(alerts.rule_file(), sort_keys=False, width=100)
 
 
 def outputs() -> dict[Path, str]:

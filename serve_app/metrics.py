@@ -10,7 +10,8 @@ prometheus-client instead and keep the bare name. `MetricSpec.series` is the nam
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from serve_app.request_log import RequestTrace
 
 RAY_PREFIX = "ray_"  # what Ray's exporter puts before every name
+GAUGE_PERIOD_S = 1.0  # how often gauges are set again
 
 LATENCY_BOUNDARIES_S = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
 FIRST_TOKEN_BOUNDARIES_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -36,6 +38,15 @@ QUEUE_WAIT_BOUNDARIES_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0
 FAILOVER_REASONS = ("replica_died", "node_drained")
 RETRY_REASONS = ("overloaded", "unavailable")
 TOKEN_KINDS = ("prompt", "completion")
+# Outcomes the alerts watch, created at 0 for a route when it first sees a request:
+# (status, code) as REQUESTS records them.
+ALERTED_OUTCOMES = (
+    ("200", "none"),
+    ("429", "overloaded"),
+    ("499", "client_disconnected"),
+    ("500", "internal_error"),
+    ("503", "unavailable"),
+)
 
 
 @dataclass(frozen=True)
@@ -122,7 +133,7 @@ BATCHER_QUEUED_REQUESTS = _spec(
     "serve_app_batcher_queued_requests", "gauge", "requests waiting in the batcher's queue"
 )
 BATCH_WINDOW_S = _spec(
-    "serve_app_batch_window_s", "gauge", "the adaptive policy's batching window at the last forward"
+    "serve_app_batch_window_s", "gauge", "the adaptive policy's current batching window"
 )
 FAILOVERS = _spec(
     "serve_app_failovers",
@@ -172,6 +183,18 @@ RAY_ACTIVE_NODES = "ray_cluster_active_nodes"  # alive nodes by node type (autos
 RAY_NODE_CPU_UTILIZATION = "ray_node_cpu_utilization"  # percent, per node
 
 
+def report_periodically(report: Callable[[], None]) -> asyncio.Task:
+    """Call `report()` now and every GAUGE_PERIOD_S on the running loop (cancel the task
+    to stop): gauges must be set again and again, see BatcherMetrics.start_reporting."""
+
+    async def loop() -> None:
+        while True:
+            report()
+            await asyncio.sleep(GAUGE_PERIOD_S)
+
+    return asyncio.get_running_loop().create_task(loop())
+
+
 def _start_at_zero(counter: ray_metrics.Counter, label_sets: Iterable[dict[str, str]]) -> None:
     # Ray's Counter.inc refuses 0; recording 0 creates the series at 0 (see FAILOVER_REASONS).
     for tags in label_sets:
@@ -189,9 +212,14 @@ class IngressMetrics:
         self.latency_s = REQUEST_LATENCY_S.create_ray()
         self.tokens = TOKENS.create_ray()
         _start_at_zero(self.tokens, ({"kind": kind} for kind in TOKEN_KINDS))
+        self.routes_seen: set[str] = set()
 
     def record_request(self, trace: RequestTrace) -> None:
         route = {"route": trace.route}
+        if trace.route not in self.routes_seen:
+            self.routes_seen.add(trace.route)
+            outcomes = ({"status": status, "code": code} for status, code in ALERTED_OUTCOMES)
+            _start_at_zero(self.requests, (route | outcome for outcome in outcomes))
         status = {"status": str(trace.status), "code": trace.error_code or "none"}
         self.requests.inc(tags=route | status)
         self.latency_s.observe(trace.e2e_s, tags=route)
@@ -215,19 +243,24 @@ class BatcherMetrics:
         self.window_s = BATCH_WINDOW_S.create_ray()
         self.failovers = FAILOVERS.create_ray()
         self.retries = RETRIES.create_ray()
-        self.queued_requests.set(0)
         _start_at_zero(self.failovers, ({"reason": reason} for reason in FAILOVER_REASONS))
         _start_at_zero(self.retries, ({"reason": reason} for reason in RETRY_REASONS))
+        self._reporter: asyncio.Task | None = None
 
-    def record_batch(self, queue_waits_s: list[float], window_s: float, num_queued: int) -> None:
+    def start_reporting(self, read_queue: Callable[[], tuple[int, float]]) -> None:
+        """Set the gauges from `read_queue()` -> (queued requests, window seconds) every
+        GAUGE_PERIOD_S: Ray's agent drops a gauge that is not set again within two exports."""
+        if self._reporter is None:
+            self._reporter = report_periodically(lambda: self._set_gauges(*read_queue()))
+
+    def _set_gauges(self, num_queued: int, window_s: float) -> None:
+        self.queued_requests.set(num_queued)
+        self.window_s.set(window_s)
+
+    def record_batch(self, queue_waits_s: list[float]) -> None:
         self.batch_size.observe(len(queue_waits_s))
         for wait_s in queue_waits_s:
             self.queue_wait_s.observe(wait_s)
-        self.window_s.set(window_s)
-        self.queued_requests.set(num_queued)
-
-    def set_queued(self, num_queued: int) -> None:
-        self.queued_requests.set(num_queued)
 
     def record_failover(self, reason: str) -> None:
         assert reason in FAILOVER_REASONS, reason

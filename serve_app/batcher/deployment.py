@@ -116,9 +116,9 @@ class Batcher:
             self._flusher = asyncio.get_running_loop().create_task(
                 self._flush_forever(), context=contextvars.Context()
             )
+            self.metrics.start_reporting(lambda: (len(self._queue), self.policy.window_s()))
         waiter = _Waiter(RequestState(request_id, list(prompt_ids), params), time.monotonic())
         self._queue.append(waiter)
-        self.metrics.set_queued(len(self._queue))
         self._live[request_id] = waiter.state
         self.policy.record_arrival()
         self._arrived.set()
@@ -200,8 +200,7 @@ class Batcher:
         for waiter in waiters:
             waiter.batch = batch
             waiter.state.batch_id = batch.batch_id
-        waits_s = [now - waiter.arrived_s for waiter in waiters]
-        self.metrics.record_batch(waits_s, self.policy.window_s(), len(self._queue))
+        self.metrics.record_batch([now - waiter.arrived_s for waiter in waiters])
         self.batch_size_counts[len(waiters)] += 1
         batch.task = asyncio.get_running_loop().create_task(self._run(batch))
         self._batches.add(batch)

@@ -25,11 +25,9 @@ from serve_app.config import AppConfig
 from serve_app.engine.async_engine import AsyncEngine
 from serve_app.engine.sampling_params import SamplingParams
 from serve_app.messages import BatchMessage, BatchRequest, TokenChunk
-from serve_app.metrics import ReplicaMetrics
+from serve_app.metrics import ReplicaMetrics, report_periodically
 from serve_app.replica.batch_runner import BatchRunner, token_chunks
 from serve_app.replica.ray_executor import make_llm_engine
-
-METRICS_PERIOD_S = 1.0
 
 
 class ModelReplica:
@@ -103,9 +101,6 @@ class ModelReplica:
 
     def _start_metrics(self) -> None:
         if self._metrics_task is None:
-            self._metrics_task = asyncio.get_running_loop().create_task(self._report_metrics())
-
-    async def _report_metrics(self) -> None:
-        while True:
-            self.metrics.update(self.engine.stats())
-            await asyncio.sleep(METRICS_PERIOD_S)
+            self._metrics_task = report_periodically(
+                lambda: self.metrics.update(self.engine.stats())
+            )
