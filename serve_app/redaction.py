@@ -3,8 +3,8 @@ data is replaced by a bracketed tag, so a logged prompt stays readable but carri
 
 Rules, in order: the app's own API keys (exact strings), bearer tokens, API-key shaped
 strings (`sk-...`, `key-...`, long mixed letter-and-digit tokens), e-mail addresses, and
-runs of 8 or more digits (card, phone and account numbers), spaces or dashes between them
-allowed.
+runs of 8 or more digits, also inside a word (card, phone and account numbers, IBANs),
+spaces or dashes between them allowed.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # 24+ characters mixing letters and digits: how generated keys and tokens look.
     (re.compile(r"\b(?=[A-Za-z_-]*\d)(?=[\d_-]*[A-Za-z])[A-Za-z0-9_-]{24,}\b"), API_KEY_TAG),
     (re.compile(r"[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+"), EMAIL_TAG),
-    (re.compile(r"(?<![\w])\d(?:[ -]?\d){7,}(?![\w])"), DIGITS_TAG),
+    (re.compile(r"(?<!\d)\d(?:[ -]?\d){7,}(?!\d)"), DIGITS_TAG),
 )
 
 

@@ -110,8 +110,11 @@ class RequestTrace:
 
     @property
     def tpot_s(self) -> float | None:
-        """Seconds per token after the first: (last - first token time) / (tokens - 1)."""
+        """Seconds per token after the first: (last - first token time) / (tokens - 1).
+        None when all tokens arrived at once: there is no decode interval to divide."""
         if self.first_token_s is None or self.last_token_s is None or self.output_tokens < 2:
+            return None
+        if self.last_token_s == self.first_token_s:
             return None
         return (self.last_token_s - self.first_token_s) / (self.output_tokens - 1)
 
@@ -122,10 +125,10 @@ class RequestLog:
     def __init__(self, settings: RequestLogSettings, secrets: Iterable[str] = ()) -> None:
         self.settings = settings
         self.redactor = Redactor.with_secrets(secrets)
-        self.logger = logging.getLogger(LOGGER_NAME)
-        self.logger.setLevel(logging.INFO)
-        self.logger.propagate = False  # one line, not a second copy through the root logger
-        if settings.enabled and not self.logger.handlers:
+        # Its own logger (not from logging's registry): its handler is this log's alone,
+        # and lines do not pass through the root logger's handlers a second time.
+        self.logger = logging.Logger(LOGGER_NAME, logging.INFO)
+        if settings.enabled:
             handler = (
                 logging.FileHandler(settings.file, encoding="utf-8")
                 if settings.file is not None
@@ -165,7 +168,7 @@ class RequestLog:
             "e2e_s": _rounded(trace.e2e_s),
         }
         if trace.keep_text:
-            record["prompt"] = self._text(trace.prompt_text or "")
+            record["prompt"] = None if trace.prompt_text is None else self._text(trace.prompt_text)
             record["output"] = [self._text(text) for text in trace.output_text]
         return json.dumps(record, ensure_ascii=False)
 
