@@ -140,7 +140,7 @@ class RequestLogSettings(_Section):
     enabled: bool = True
     include_text: bool = False
     max_text_chars: int = Field(1000, ge=0)  # of each logged prompt and output
-    file: Path | None = None  # append lines here; default: the ingress's stderr (its log)
+    file: Path | None = None  # append lines here; default: the ingress process's stderr
 
 
 class AppConfig(_Section):
