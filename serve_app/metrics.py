@@ -1,11 +1,12 @@
 """Every Prometheus metric of the app, defined once: `METRICS` is the list dashboards and
 alerts are generated from (dashboards/), the classes below record them.
 
-Deployments record through Ray's metrics API (`ray.util.metrics`), whose agent adds the
-node, worker and session tags and the `ray_` prefix and aggregates with Serve's own
-metrics: Prometheus sees `ray_serve_app_requests_total` (counters gain `_total`, histograms
-`_bucket`/`_sum`/`_count`). Standalone processes (the spot preemption watcher) record with
-prometheus-client instead and keep the bare name. `MetricSpec.series` is the name queries use.
+Deployments record through Ray Serve's metrics API (`ray.serve.metrics`: Serve adds the
+deployment, replica and application tags, Ray's agent the node and session tags and the
+`ray_` prefix), so they aggregate with Serve's own metrics: Prometheus sees
+`ray_serve_app_requests_total` (counters gain `_total`, histograms `_bucket`/`_sum`/`_count`).
+Standalone processes (the spot preemption watcher) record with prometheus-client instead and
+keep the bare name. `MetricSpec.series` is the name queries use.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from ray.serve import metrics as serve_metrics
 from ray.util import metrics as ray_metrics
 
 if TYPE_CHECKING:
@@ -64,12 +66,14 @@ class MetricSpec:
         return prefix + self.name + ("_total" if self.kind == "counter" else "") + suffix
 
     def create_ray(self) -> ray_metrics.Metric:
+        """Serve's flavour inside a replica: it adds the deployment, replica and application
+        tags (dashboards group by them)."""
         kwargs = {"description": self.description, "tag_keys": self.labels}
         if self.kind == "counter":
-            return ray_metrics.Counter(self.name, **kwargs)
+            return serve_metrics.Counter(self.name, **kwargs)
         if self.kind == "gauge":
-            return ray_metrics.Gauge(self.name, **kwargs)
-        return ray_metrics.Histogram(self.name, boundaries=list(self.boundaries), **kwargs)
+            return serve_metrics.Gauge(self.name, **kwargs)
+        return serve_metrics.Histogram(self.name, boundaries=list(self.boundaries), **kwargs)
 
 
 def _spec(*args, **kwargs) -> MetricSpec:

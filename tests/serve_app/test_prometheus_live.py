@@ -130,6 +130,8 @@ def test_every_panel_and_alert_against_live_prometheus(live_app, tmp_path):
             wait_until(lambda: value(requests) > 0, DATA_TIMEOUT_S, "a request rate above 0")
             ttft_p50 = panel_expr(overview["Time to first token"].queries[0].expr)
             assert 0 < value(ttft_p50) < 60
+            kv_by_replica = panel_expr(panels.ENGINE.panels[0].queries[0].expr)
+            assert all(s["metric"].get("replica") for s in prometheus.query(kv_by_replica))
 
             def firing() -> list[dict]:
                 return [
