@@ -213,6 +213,16 @@ class PlacementSettings(_Section):
     frontend_resource: str = Field("on_demand_cpu", min_length=1)
 
 
+class RequestLogSettings(_Section):
+    """One JSON line per finished request (serve_app/request_log.py); no prompt or output
+    text unless `include_text`, and then redacted (serve_app/redaction.py)."""
+
+    enabled: bool = True
+    include_text: bool = False
+    max_text_chars: int = Field(1000, ge=0)  # of each logged prompt and output
+    file: Path | None = None  # append lines here; default: the ingress process's stderr
+
+
 class AppConfig(_Section):
     """The whole application. `model` is a HuggingFace directory or a preset (`tiny`)."""
 
@@ -226,6 +236,7 @@ class AppConfig(_Section):
     admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     placement: PlacementSettings = Field(default_factory=PlacementSettings)
+    request_log: RequestLogSettings = Field(default_factory=RequestLogSettings)
 
     @model_validator(mode="before")
     @classmethod

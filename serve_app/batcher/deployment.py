@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from serve_app.abort_channel import AbortSender, LazyAbortListener
-from serve_app.batch_call import BatchCall
+from serve_app.batch_call import BatchCall, BatchStreamEndedError
 from serve_app.batcher.failover import backoff_s, is_replica_failure
 from serve_app.batcher.policy import AdaptiveBatchPolicy, BatchPolicyConfig
 from serve_app.batcher.request_state import RequestState
@@ -67,7 +67,7 @@ class Batcher:
         self, config: AppConfig, replica_handle, abort_sender: AbortSender | None = None
     ) -> None:
         self.policy = AdaptiveBatchPolicy(BatchPolicyConfig.from_user_config(config.batcher.policy))
-        self.metrics = BatcherMetrics.create()
+        self.metrics = BatcherMetrics()
         self.batch_size_counts: Counter[int] = Counter()
         self._replica = replica_handle.options(stream=True, method_name="generate_batch")
         self._replica_ready = replica_handle.options(method_name="ready")
@@ -95,6 +95,7 @@ class Batcher:
             self._flusher = asyncio.get_running_loop().create_task(
                 self._flush_forever(), context=contextvars.Context()
             )
+            self.metrics.start_reporting(lambda: (len(self._queue), self.policy.window_s()))
         outbox = Mailbox.on_running_loop()
         now = time.monotonic()
         open_ids = set()
@@ -223,6 +224,8 @@ class Batcher:
             return False
         waiter.num_failovers += 1
         self.num_failovers += 1
+        drained = isinstance(error, BatchStreamEndedError)  # ended on purpose, not a crash
+        self.metrics.record_failover("node_drained" if drained else "replica_died")
         waiter.call = None
         delay_s = backoff_s(
             waiter.num_failovers, settings.backoff_s, settings.max_backoff_s, self._rng

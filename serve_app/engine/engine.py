@@ -7,7 +7,8 @@ sample), collect what finished.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -29,6 +30,22 @@ class RequestError(ValueError):
 
 
 @dataclass(slots=True)
+class StepTotals:
+    """What the engine's steps did since start: for step-time and batch-size metrics."""
+
+    num_steps: int = 0
+    step_time_s: float = 0.0
+    num_scheduled_tokens: int = 0
+    num_scheduled_seqs: int = 0
+
+    def add(self, chunks: list[ScheduledChunk], seconds: float) -> None:
+        self.num_steps += 1
+        self.step_time_s += seconds
+        self.num_scheduled_tokens += sum(chunk.num_new_tokens for chunk in chunks)
+        self.num_scheduled_seqs += len(chunks)
+
+
+@dataclass(slots=True)
 class EngineStats:
     num_running: int
     num_waiting: int
@@ -37,6 +54,10 @@ class EngineStats:
     kv_cache_usage: float
     prefix_cache_hit_rate: float
     num_preemptions: int
+    # Running totals since start (exported as Prometheus counters).
+    prefix_cache_query_tokens: int = 0
+    prefix_cache_hit_tokens: int = 0
+    steps: StepTotals = field(default_factory=StepTotals)
 
 
 class LLMEngine:
@@ -66,6 +87,7 @@ class LLMEngine:
         self.sampler = Sampler(config.seed, runner.device, runner.fast_paths.argmax)
         self.sequences: dict[str, Sequence] = {}
         self._arrivals = itertools.count()
+        self.step_totals = StepTotals()
 
     # ---- requests ---------------------------------------------------------------------
     def add_request(
@@ -129,12 +151,14 @@ class LLMEngine:
 
     # ---- the step ---------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        started_s = time.perf_counter()
         chunks = self.scheduler.schedule()
         if not chunks:
             return []
         logits = self.executor.execute(build_model_input(chunks, self.config.block_size))
-        sampled = self._postprocess(chunks, logits)
-        return self._collect_outputs(sampled)
+        outputs = self._collect_outputs(self._postprocess(chunks, logits))
+        self.step_totals.add(chunks, time.perf_counter() - started_s)
+        return outputs
 
     def _postprocess(
         self, chunks: list[ScheduledChunk], logits: torch.Tensor | None
@@ -227,6 +251,9 @@ class LLMEngine:
             kv_cache_usage=bm.usage,
             prefix_cache_hit_rate=bm.prefix_cache_hit_rate,
             num_preemptions=self.scheduler.num_preemptions,
+            prefix_cache_query_tokens=bm.prefix_query_tokens,
+            prefix_cache_hit_tokens=bm.prefix_hit_tokens,
+            steps=replace(self.step_totals),
         )
 
     def shutdown(self) -> None:

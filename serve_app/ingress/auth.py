@@ -25,6 +25,11 @@ class ApiKeys:
         return cls([key for key in keys if key])
 
     @property
+    def keys(self) -> list[str]:
+        """The configured keys (for the request log's redactor, which masks them)."""
+        return [key.decode() for key in self._keys]
+
+    @property
     def enabled(self) -> bool:
         return bool(self._keys)
 

@@ -19,7 +19,6 @@ message): the code and details arrive, the retry hint is in the details.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +46,7 @@ from serve_app.ingress.token_source import TokenStreamer
 from serve_app.ingress.validation import check_model, parse_request
 from serve_app.metrics import IngressMetrics
 from serve_app.proto import llm_pb2
+from serve_app.request_log import DISCONNECTED_CODE, DISCONNECTED_STATUS, RequestLog, RequestTrace
 
 SERVICE = "/serve_app.llm.LLM"
 UNARY_ROUTE = f"{SERVICE}/Generate"  # the `route` label of the request metrics
@@ -63,6 +63,7 @@ class GrpcFailure:
     details: str
     http_status: int  # the same failure over HTTP: the metrics' `status` label
     trailing_metadata: tuple[tuple[str, str], ...] = ()
+    error_code: str | None = None  # the HTTP error body's `code`
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +76,7 @@ class GrpcCall:
 def failure_of(error: Exception, retry_after_s: int) -> GrpcFailure:
     """The gRPC status of any failure of a call, as the HTTP path would have reported it."""
     if isinstance(error, GrpcRequestError):
-        return GrpcFailure(error.code, str(error), 400)
+        return GrpcFailure(error.code, str(error), 400, error_code="invalid_value")
     api_error = error if isinstance(error, APIError) else to_api_error(error, retry_after_s)
     details = api_error.message
     if api_error.param and not details.startswith(api_error.param):
@@ -85,7 +86,11 @@ def failure_of(error: Exception, retry_after_s: int) -> GrpcFailure:
         details += f" (retry after {retry_after} s)"
     trailing = tuple((name.lower(), value) for name, value in api_error.headers.items())
     return GrpcFailure(
-        grpc_code_for_http_status(api_error.status), details, api_error.status, trailing
+        grpc_code_for_http_status(api_error.status),
+        details,
+        api_error.status,
+        trailing,
+        api_error.code,
     )
 
 
@@ -122,15 +127,16 @@ class GrpcMethods:
     tokenizer: Any
     api_keys: ApiKeys
     metrics: IngressMetrics
+    request_log: RequestLog
 
     async def Generate(self, request: llm_pb2.GenerateRequest, grpc_context) -> Any:
-        started = time.perf_counter()
-        status, prompt_tokens, tokens, text, finish_reason = 200, 0, [], "", ""
+        trace = self._grpc_trace(UNARY_ROUTE, grpc_context)
+        status, code, tokens, text, finish_reason = 200, None, [], "", ""
         logprobs: list[TokenLogprobs] = []
         try:
-            call = self._grpc_call(request, grpc_context)
+            call = self._grpc_call(request, grpc_context, trace)
             prompt_tokens = call.prompt_tokens
-            async for delta in self._grpc_deltas(call):
+            async for delta in trace.watch(self._grpc_deltas(call)):
                 text += delta.text
                 tokens += delta.token_ids
                 logprobs += delta.logprobs
@@ -143,25 +149,30 @@ class GrpcMethods:
             return response
         except Exception as error:
             failure = failure_of(error, self.limits.retry_after_s)
-            status = failure.http_status
+            status, code = failure.http_status, failure.error_code
             _set_failure(grpc_context, failure)
             grpc_context.set_trailing_metadata(list(failure.trailing_metadata))
             return llm_pb2.GenerateResponse()  # dropped by gRPC: the call fails with the code
+        except BaseException:  # CancelledError: the client left
+            status, code = DISCONNECTED_STATUS, DISCONNECTED_CODE
+            raise
         finally:
-            self.metrics.count_tokens(prompt_tokens, len(tokens))
-            self.metrics.record(UNARY_ROUTE, status, time.perf_counter() - started)
+            self._finish_request(trace, status, code)
 
     async def GenerateStream(
         self, request: llm_pb2.GenerateRequest, grpc_context
     ) -> AsyncIterator[llm_pb2.GenerateChunk]:
-        started = time.perf_counter()
-        status, prompt_tokens, output_tokens = 200, 0, 0
+        trace = self._grpc_trace(STREAM_ROUTE, grpc_context)
+        status, code = 200, None
         try:
-            call = self._grpc_call(request, grpc_context)
+            call = self._grpc_call(request, grpc_context, trace)
             prompt_tokens = call.prompt_tokens
-            async for delta in self._grpc_deltas(call):
-                output_tokens = delta.num_output_tokens
-                usage = usage_message(prompt_tokens, output_tokens) if delta.finish_reason else None
+            async for delta in trace.watch(self._grpc_deltas(call)):
+                usage = (
+                    usage_message(prompt_tokens, delta.num_output_tokens)
+                    if delta.finish_reason
+                    else None
+                )
                 chunk = make_chunk(
                     call.response_id,
                     self.model_name,
@@ -174,15 +185,29 @@ class GrpcMethods:
                 yield chunk
         except Exception as error:
             failure = failure_of(error, self.limits.retry_after_s)
-            status = failure.http_status
+            status, code = failure.http_status, failure.error_code
             _set_failure(grpc_context, failure)
             raise GrpcAbort(failure.details) from None
+        except BaseException:  # GeneratorExit or CancelledError: the client left
+            status, code = DISCONNECTED_STATUS, DISCONNECTED_CODE
+            raise
         finally:
-            self.metrics.count_tokens(prompt_tokens, output_tokens)
-            self.metrics.record(STREAM_ROUTE, status, time.perf_counter() - started)
+            self._finish_request(trace, status, code)
 
-    # ---- shared by both methods -----------------------------------------------------------
-    def _grpc_call(self, request: llm_pb2.GenerateRequest, grpc_context) -> GrpcCall:
+    # ---- shared by both methods (and the HTTP routes) -------------------------------------
+    def _finish_request(self, trace: RequestTrace, status: int, code: str | None = None) -> None:
+        """Record a finished request: its metrics and its request-log line."""
+        trace.finish(status, code)
+        self.metrics.record_request(trace)
+        self.request_log.emit(trace)
+
+    def _grpc_trace(self, route: str, grpc_context) -> RequestTrace:
+        metadata = dict(grpc_context.invocation_metadata() or ())
+        return self.request_log.trace(route, self.model_name, metadata)
+
+    def _grpc_call(
+        self, request: llm_pb2.GenerateRequest, grpc_context, trace: RequestTrace
+    ) -> GrpcCall:
         """Authenticate and validate exactly as POST /v1/completions does."""
         token = bearer_token(grpc_context.invocation_metadata())
         self.api_keys.check(f"Bearer {token}" if token else None)
@@ -194,9 +219,11 @@ class GrpcMethods:
         body = completion_body(request, self.model_name, self.limits.default_max_tokens)
         completion = parse_request(CompletionRequest, body)
         check_model(completion.model, self.model_name)
+        trace.set_prompt(completion.prompt)
         prompts = completion_prompts(completion, self.tokenizer)
-        response_id = new_id("cmpl")
+        response_id = trace.response_id = new_id("cmpl")
         [choice] = build_choices(completion, prompts, self.limits, completion.logprobs, response_id)
+        trace.prompt_tokens = len(choice.prompt_ids)
         return GrpcCall(response_id, choice, len(choice.prompt_ids))
 
     async def _grpc_deltas(self, call: GrpcCall) -> AsyncIterator[TextDelta]:

@@ -10,7 +10,6 @@ and run the same steps.
 """
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -38,6 +37,7 @@ from serve_app.ingress.text_stream import TextDelta, generate_choice, merge
 from serve_app.ingress.token_source import BatchingTokenStreamer, TokenStreamer
 from serve_app.ingress.validation import check_model, parse_request
 from serve_app.metrics import IngressMetrics
+from serve_app.request_log import DISCONNECTED_CODE, DISCONNECTED_STATUS, RequestLog, RequestTrace
 
 HEALTH_TIMEOUT_S = 5.0  # a replica that cannot answer this fast is not serving
 
@@ -61,7 +61,8 @@ class OpenAIIngress(GrpcMethods):
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(config.model))
         self._ready = model_handle.options(method_name="ready")  # batcher or replica
         self.api_keys = ApiKeys.from_settings(config.auth)
-        self.metrics = IngressMetrics.create()
+        self.metrics = IngressMetrics()
+        self.request_log = RequestLog(config.request_log, secrets=self.api_keys.keys)
         self.created = now()
 
     @api.get("/health")
@@ -97,7 +98,7 @@ class OpenAIIngress(GrpcMethods):
 
     # ---- the shared path ------------------------------------------------------------------
     async def _serve(self, http_request: Request, route: str, chat: bool):
-        started = time.perf_counter()
+        trace = self.request_log.trace(route, self.model_name, http_request.headers)
         try:
             self.api_keys.check(http_request.headers.get("authorization"))
             body = await self._read_body(http_request)
@@ -109,13 +110,16 @@ class OpenAIIngress(GrpcMethods):
             else:
                 prompts = completion_prompts(request, self.tokenizer)
                 num_logprobs = request.logprobs
-            response_id = new_id("chatcmpl" if chat else "cmpl")
+            trace.set_prompt(request.messages if chat else request.prompt)
+            response_id = trace.response_id = new_id("chatcmpl" if chat else "cmpl")
             choices = build_choices(request, prompts, self.limits, num_logprobs, response_id)
             builder = ResponseBuilder(
                 chat, response_id, self.model_name, now(), self.tokenizer, num_logprobs is not None
             )
             prompt_tokens = sum(len(p) for p in prompts)  # once per prompt, whatever n is
+            trace.prompt_tokens = prompt_tokens
             deltas = merge([generate_choice(self.streamer, self.tokenizer, c) for c in choices])
+            deltas = trace.watch(deltas)
             if request.stream:
                 first = await self._first(deltas)
                 stream = self._sse(
@@ -125,18 +129,18 @@ class OpenAIIngress(GrpcMethods):
                     len(choices),
                     prompt_tokens,
                     request.include_usage,
-                    route,
-                    started,
+                    trace,
                 )
                 return StreamingResponse(stream, media_type=sse.MEDIA_TYPE, headers=sse.HEADERS)
             results = await self._collect(deltas, len(choices))
-            completion_tokens = sum(r.num_output_tokens for r in results)
-            self.metrics.count_tokens(prompt_tokens, completion_tokens)
-            self.metrics.record(route, 200, time.perf_counter() - started)
+            self._finish_request(trace, 200)
             return JSONResponse(builder.full(results, prompt_tokens))
         except APIError as error:
-            self.metrics.record(route, error.status, time.perf_counter() - started)
+            self._finish_request(trace, error.status, error.code)
             return error_response(error)
+        except asyncio.CancelledError:  # the client left before the response started
+            self._finish_request(trace, DISCONNECTED_STATUS, DISCONNECTED_CODE)
+            raise
 
     def _as_api_error(self, error: BaseException) -> APIError:
         if isinstance(error, APIError):
@@ -186,11 +190,10 @@ class OpenAIIngress(GrpcMethods):
         num_choices: int,
         prompt_tokens: int,
         include_usage: bool,
-        route: str,
-        started: float,
+        trace: RequestTrace,
     ) -> AsyncIterator[str]:
         output_tokens = [0] * num_choices
-        status = 200
+        status, code = 200, None
         try:
             if builder.chat:
                 for index in range(num_choices):
@@ -205,10 +208,12 @@ class OpenAIIngress(GrpcMethods):
             yield sse.DONE
         except Exception as error:  # the stream has started: report in-band, then end it
             api_error = self._as_api_error(error)
-            status = api_error.status
+            status, code = api_error.status, api_error.code
             yield sse.event(error_body(api_error.status, api_error.message, code=api_error.code))
             yield sse.DONE
+        except BaseException:  # GeneratorExit or CancelledError: the client left
+            status, code = DISCONNECTED_STATUS, DISCONNECTED_CODE
+            raise
         finally:
             await deltas.aclose()  # on disconnect too: cancels the requests downstream
-            self.metrics.count_tokens(prompt_tokens, sum(output_tokens))
-            self.metrics.record(route, status, time.perf_counter() - started)
+            self._finish_request(trace, status, code)

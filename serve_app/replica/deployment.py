@@ -23,11 +23,9 @@ from serve_app.autoscaling import EngineLoadReporter
 from serve_app.config import AppConfig
 from serve_app.engine.async_engine import AsyncEngine
 from serve_app.messages import BatchMessage, BatchRequest
-from serve_app.metrics import ReplicaMetrics
+from serve_app.metrics import ReplicaMetrics, report_periodically
 from serve_app.replica.batch_runner import BatchRunner
 from serve_app.replica.ray_executor import make_llm_engine
-
-METRICS_PERIOD_S = 1.0
 
 
 class ModelReplica:
@@ -38,7 +36,7 @@ class ModelReplica:
             stall_timeout_s=config.replica.stall_timeout_s,
             build_engine=make_llm_engine,
         )
-        self.metrics = ReplicaMetrics.create()
+        self.metrics = ReplicaMetrics()
         self._metrics_task: asyncio.Task | None = None
         self.num_cancelled_streams = 0  # callers that left before their request finished
         self.stream_interval_tokens = config.replica.stream_interval_tokens
@@ -93,10 +91,6 @@ class ModelReplica:
 
     def _start_metrics(self) -> None:
         if self._metrics_task is None:
-            self._metrics_task = asyncio.get_running_loop().create_task(self._report_metrics())
-
-    async def _report_metrics(self) -> None:
-        while True:
-            stats = self.engine.stats()
-            self.metrics.update(stats.num_running + stats.num_waiting, stats.kv_cache_usage)
-            await asyncio.sleep(METRICS_PERIOD_S)
+            self._metrics_task = report_periodically(
+                lambda: self.metrics.update(self.engine.stats())
+            )

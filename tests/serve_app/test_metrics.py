@@ -1,4 +1,4 @@
-"""The app's Prometheus metrics reach Ray's exporter under the names metrics.py defines."""
+"""Every metric the deployments record reaches Ray's exporter under its name in metrics.py."""
 
 from __future__ import annotations
 
@@ -11,15 +11,11 @@ from serve_app import metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
+# Every metric a deployment records: Prometheus names ("_count" stands for a histogram).
 EXPECTED = {
-    metrics.PROMETHEUS_PREFIX + name
-    for name in (
-        metrics.REQUESTS + "_total",
-        metrics.REQUEST_LATENCY_S + "_count",
-        metrics.TOKENS + "_total",
-        metrics.RUNNING_REQUESTS,
-        metrics.KV_CACHE_USAGE,
-    )
+    spec.series("_count" if spec.kind == "histogram" else "")
+    for spec in metrics.METRICS
+    if spec.exporter == "ray"
 }
 
 
@@ -38,7 +34,13 @@ def test_request_token_and_engine_metrics_are_exported(live_app):
     response = httpx.post(
         live_app.api_url + "/completions",
         headers=live_app.headers(),
-        json={"model": "tiny", "prompt": "metrics", "max_tokens": 3, "ignore_eos": True},
+        json={
+            "model": "tiny",
+            "prompt": "metrics",
+            "max_tokens": 4,
+            "ignore_eos": True,
+            "logprobs": 0,
+        },
         timeout=60,
     )
     assert response.status_code == 200
@@ -53,14 +55,15 @@ def test_request_token_and_engine_metrics_are_exported(live_app):
     ok_requests = [
         float(value)
         for series, value in values.items()
-        if series.startswith(metrics.PROMETHEUS_PREFIX + metrics.REQUESTS + "_total")
+        if series.startswith(metrics.REQUESTS.series())
         and 'route="/v1/completions"' in series
         and 'status="200"' in series
+        and 'code="none"' in series
     ]
     assert ok_requests and ok_requests[0] >= 1
     completion_tokens = [
         float(value)
         for series, value in values.items()
-        if series.startswith(metrics.PROMETHEUS_PREFIX + metrics.TOKENS) and "completion" in series
+        if series.startswith(metrics.TOKENS.series()) and "completion" in series
     ]
     assert completion_tokens and completion_tokens[0] >= 3

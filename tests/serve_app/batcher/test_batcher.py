@@ -202,8 +202,8 @@ def test_batch_size_and_queue_wait_reach_prometheus(live_app, batcher_handle):
 
     assert complete_concurrently(live_app.base_url, live_app.headers())
     names = [
-        metrics.PROMETHEUS_PREFIX + metrics.BATCH_SIZE + "_count",
-        metrics.PROMETHEUS_PREFIX + metrics.BATCH_QUEUE_WAIT_S + "_count",
+        metrics.BATCH_SIZE.series("_count"),
+        metrics.BATCH_QUEUE_WAIT_S.series("_count"),
     ]
     counts = dict.fromkeys(names, 0.0)
     deadline = time.monotonic() + 60

@@ -1,0 +1,63 @@
+"""Upload the committed dashboards to a Grafana with grafana-client.
+
+    python -m dashboards.push --url https://grafana.example.com --token "$GRAFANA_TOKEN"
+
+The token is a Grafana service-account token (Editor role); `--token` defaults to
+$GRAFANA_TOKEN. Dashboards go into one folder (created when missing) and overwrite earlier
+versions with the same uid, so pushing again after `python -m dashboards.generate` updates them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from grafana_client import GrafanaApi
+from grafana_client.client import GrafanaClientError
+
+JSON_DIR = Path(__file__).resolve().parent / "json"
+FOLDER_UID = "serve-app"
+FOLDER_TITLE = "serve-app"
+
+
+def ensure_folder(api: GrafanaApi) -> str:
+    try:
+        return api.folder.get_folder(FOLDER_UID)["uid"]
+    except GrafanaClientError as error:
+        if error.status_code != 404:
+            raise
+    return api.folder.create_folder(FOLDER_TITLE, uid=FOLDER_UID)["uid"]
+
+
+def push(url: str, token: str, json_dir: Path = JSON_DIR) -> list[str]:
+    """Upload every dashboard in `json_dir`; returns the uids uploaded."""
+    api = GrafanaApi.from_url(url, credential=token, timeout=30)
+    folder_uid = ensure_folder(api)
+    uploaded = []
+    for path in sorted(json_dir.glob("*.json")):
+        dashboard = json.loads(path.read_text())
+        dashboard.pop("id", None)  # Grafana assigns ids; the uid identifies the dashboard
+        api.dashboard.update_dashboard(
+            {"dashboard": dashboard, "folderUid": folder_uid, "overwrite": True}
+        )
+        uploaded.append(dashboard["uid"])
+    return uploaded
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Upload serve-app's dashboards to Grafana.")
+    parser.add_argument("--url", required=True, help="Grafana's base URL")
+    parser.add_argument("--token", default=os.environ.get("GRAFANA_TOKEN"))
+    args = parser.parse_args(argv)
+    if not args.token:
+        parser.error("--token or $GRAFANA_TOKEN is required (a service-account token)")
+    for uid in push(args.url, args.token):
+        print(f"uploaded {uid}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
