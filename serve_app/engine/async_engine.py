@@ -109,6 +109,11 @@ class AsyncEngine:
         self.stall_timeout_s = stall_timeout_s
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._sinks: dict[str, Mailbox] = {}  # live request id -> where its outputs go
+        # Engine thread only: the mailbox each running sequence was added with. An id that
+        # is aborted and added again (a failover resumed on this replica) gets a new
+        # mailbox at once, while the old sequence may still finish a step: its outputs
+        # must not reach the new one.
+        self._owners: dict[str, Mailbox] = {}
         self._wakeup = threading.Event()
         self._stopped = threading.Event()
         self._error: BaseException | None = None
@@ -138,7 +143,7 @@ class AsyncEngine:
         if rejected:
             sink.put(rejected)
         if accepted:
-            self._send(("add", accepted))
+            self._send(("add", accepted, sink))
 
     async def generate(
         self,
@@ -234,11 +239,14 @@ class AsyncEngine:
         """One push per sink per step, however many of its requests produced a token."""
         by_sink: dict[Mailbox, list[SinkItem]] = {}
         for output in outputs:
-            sink = self._sinks.get(output.request_id)
-            if sink is None:
-                continue  # aborted while the step ran
+            request_id = output.request_id
+            sink = self._owners.get(request_id)
             if output.finished:
-                self._sinks.pop(output.request_id, None)
+                self._owners.pop(request_id, None)
+            if sink is None or self._sinks.get(request_id) is not sink:
+                continue  # aborted while the step ran (maybe added again since)
+            if output.finished:
+                del self._sinks[request_id]
             by_sink.setdefault(sink, []).append(output)
         for sink, items in by_sink.items():
             sink.push(items)
@@ -258,8 +266,9 @@ class AsyncEngine:
             except queue.Empty:
                 return
             if command[0] == "add":
-                for request in command[1]:
-                    if request.request_id not in self._sinks:
+                _, requests, sink = command
+                for request in requests:
+                    if self._sinks.get(request.request_id) is not sink:
                         continue  # the caller left before the engine saw the request
                     try:
                         self.engine.add_request(
@@ -269,7 +278,10 @@ class AsyncEngine:
                             request.output_ids,
                         )
                     except ValueError as error:
-                        sink = self._sinks.pop(request.request_id)
+                        del self._sinks[request.request_id]
                         sink.push([RequestFailure(request.request_id, error)])
+                        continue
+                    self._owners[request.request_id] = sink
             else:
+                self._owners.pop(command[1], None)
                 self.engine.abort(command[1])

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
-from serve_app.engine.async_engine import AsyncEngine
+from serve_app.engine.async_engine import AsyncEngine, EngineRequest, Mailbox
 from serve_app.engine.config import EngineConfig
 from serve_app.engine.engine import LLMEngine, RequestError
 from serve_app.engine.sampling_params import SamplingParams
@@ -113,3 +114,40 @@ def test_the_engine_is_built_on_the_engine_thread():
 def test_a_build_error_reaches_the_caller():
     with pytest.raises(FileNotFoundError, match="no-such-model"):
         AsyncEngine(EngineConfig(model="/nonexistent/no-such-model"))
+
+
+def test_an_id_aborted_and_added_again_mid_step_hears_only_the_new_request() -> None:
+    """A failover resumed on the same replica: the old sequence's step in flight must not
+    reach the new mailbox (its counts would run ahead of what the caller holds)."""
+    engine = AsyncEngine(CONFIG)
+    real_step = engine.engine.step
+
+    def slow_step():
+        time.sleep(0.05)  # the abort and the re-add land while a step runs
+        return real_step()
+
+    engine.engine.step = slow_step
+    prompt, params = (
+        [3, 1, 4, 1, 5],
+        SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True),
+    )
+    [expected] = LLMEngine(CONFIG).generate([prompt], params)
+
+    async def main() -> list:
+        first = Mailbox.on_running_loop()
+        engine.add_requests([EngineRequest("r", prompt, params)], first)
+        held = [t for item in await first.take() for t in item.new_token_ids]
+        await asyncio.sleep(0.02)  # inside the next step
+        engine.abort("r")
+        second = Mailbox.on_running_loop()
+        engine.add_requests([EngineRequest("r", prompt, params, held)], second)
+        outputs = []
+        while not (outputs and outputs[-1].finished):
+            outputs += await second.take()
+        return held, outputs
+
+    held, outputs = asyncio.run(main())
+    engine.shutdown()
+    counts = [output.num_output_tokens for output in outputs]
+    assert counts == list(range(len(held) + 1, 13))
+    assert held + [t for output in outputs for t in output.new_token_ids] == expected

@@ -141,12 +141,7 @@ def test_every_panel_and_alert_against_live_prometheus(live_app, tmp_path):
                 ]
 
             assert not firing()  # before the flood, nothing is shed
-            replica = live_app.args["replica"]
-            statuses = asyncio.run(
-                flood(
-                    live_app, 3 * (replica["max_ongoing_requests"] + replica["max_queued_requests"])
-                )
-            )
+            statuses = asyncio.run(flood(live_app, 3 * live_app.args["admission"]["max_requests"]))
             assert statuses.count(429) >= 1, statuses  # what the provoked alert measures
 
             [fired] = wait_until(firing, 60, f"{PROVOKED} firing in /api/v1/alerts")

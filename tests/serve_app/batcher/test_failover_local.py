@@ -87,6 +87,7 @@ def test_requests_continue_on_another_replica_with_identical_tokens():
     params = [greedy, seeded, greedy, seeded]
     local, dying = local_with_dying_replica(num_deaths=2)
     results = asyncio.run(run_all(local, params))
+    assert not [r for r in results if isinstance(r, BaseException)], results
     for (tokens, counts), want in zip(results, expected(params), strict=True):
         assert tokens == want  # no gap, no repeat, the same draws after the resume
         assert counts == sorted(set(counts)) and counts[-1] == 16  # counts only grow
