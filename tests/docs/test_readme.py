@@ -40,6 +40,12 @@ SKIPPED = {
     "gpu-tp2.yaml": "GPU cluster only",
     ".venv/bin/pytest": "runs test suites that `make test` runs",
     "bench/kernels.py": "GPU only (it skips on CPU)",
+    "ray up cluster/": "needs a cloud account; tests/cluster validates every cluster YAML with "
+    "Ray's schema and runs the fake multi-node autoscaler",
+    "serve_app.preemption --provider aws": "needs a cloud metadata server on a Ray worker "
+    "node; tests/serve_app/preemption runs the watcher against a fake one on a 2-node cluster",
+    "dashboards.push": "needs a Grafana and its token; tests/dashboards checks generate, "
+    "promtool and push against a stand-in server",
     "bench.serve_load": "long benchmark (200 requests at 4/s, about a minute); "
     "tests/bench/test_serve_load.py runs the load generator end to end on a stand-in server",
 }
