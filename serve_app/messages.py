@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from serve_app.engine.sampling_params import SamplingParams
+from serve_app.engine.async_engine import EngineRequest
 from serve_app.engine.sequence import TokenLogprobs
 
 
@@ -26,15 +26,9 @@ class TokenChunk:
     logprobs: list[TokenLogprobs] = field(default_factory=list)
 
 
-@dataclass(slots=True)
-class BatchRequest:
-    """One request of a batch call; `output_ids` are the tokens it already generated on a
-    replica that failed (a failover resume continues after them)."""
-
-    request_id: str
-    prompt_ids: list[int]
-    params: SamplingParams
-    output_ids: list[int] = field(default_factory=list)
+# One request of a batch call is exactly what the engine takes (its `output_ids` are the
+# tokens a failover resume continues after), so the replica hands it over as it comes.
+BatchRequest = EngineRequest
 
 
 @dataclass(slots=True)

@@ -21,7 +21,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
-from serve_app.engine.async_engine import AsyncEngine, EngineRequest, Mailbox, RequestFailure
+from serve_app.engine.async_engine import AsyncEngine, Mailbox, RequestFailure
 from serve_app.engine.request_output import RequestOutput
 from serve_app.messages import BatchMessage, BatchRequest, TaggedChunk, TokenChunk
 from serve_app.replica.chunk_coalescer import ChunkCoalescer
@@ -74,13 +74,7 @@ class BatchRunner:
         for request in requests:
             self._sinks[request.request_id] = sink
         try:
-            self._engine.add_requests(
-                [
-                    EngineRequest(r.request_id, r.prompt_ids, r.params, r.output_ids)
-                    for r in requests
-                ],
-                sink,
-            )
+            self._engine.add_requests(requests, sink)
             last_sent_s = 0.0
             while coalescers:
                 items = await sink.take()
