@@ -42,6 +42,7 @@ def percentiles(spec: m.MetricSpec) -> tuple[Query, ...]:
 
 
 ALL_REQUESTS = rate(m.REQUESTS, W)
+ACCEPTED = 'result="accepted"'  # the drains the GCS took
 
 OVERVIEW = Dashboard(
     "serve-app-overview",
@@ -244,8 +245,18 @@ CLUSTER = Dashboard(
             "Spot drains in the last hour",
             "Nodes the preemption watcher drained on a spot interruption notice.",
             "short",
-            (Query("drains", f"sum(increase({selector(m.SPOT_DRAINS)}[1h]))"),),
+            (Query("drains", f"sum(increase({selector(m.PREEMPTION_DRAINS, ACCEPTED)}[1h]))"),),
             kind="stat",
+        ),
+        Panel(
+            "Preemption watchers: polls per second by outcome",
+            "Whether the watchers reach their cloud's metadata server: `error` polls mean a "
+            "notice could be missed; `notice` polls precede a drain.",
+            "short",
+            (
+                Query("{{outcome}}", rate(m.PREEMPTION_POLLS, W, by="outcome")),
+                Query("notices", rate(m.PREEMPTION_NOTICES, W)),
+            ),
         ),
     ),
 )

@@ -20,8 +20,6 @@ from ray.serve import metrics as serve_metrics
 from ray.util import metrics as ray_metrics
 
 if TYPE_CHECKING:
-    import prometheus_client
-
     from serve_app.engine.engine import EngineStats
     from serve_app.request_log import RequestTrace
 
@@ -174,10 +172,26 @@ ENGINE_SCHEDULED_SEQUENCES = _spec(
     "serve_app_engine_scheduled_sequences", "counter", "sequences run by engine steps (batch size)"
 )
 # ---- standalone processes (prometheus-client) -----------------------------------------
-SPOT_DRAINS = _spec(
-    "serve_app_spot_drains",
+# The preemption watcher on each worker node (serve_app/preemption/) serves these on its own
+# port: no `ray_` prefix, and counters gain `_total`.
+PREEMPTION_POLLS = _spec(
+    "serve_app_preemption_polls",
     "counter",
-    "Ray node drains started by the preemption watcher on a spot interruption notice",
+    "polls of the cloud's preemption notice by outcome",
+    ("outcome",),
+    exporter="prometheus_client",
+)
+PREEMPTION_NOTICES = _spec(
+    "serve_app_preemption_notices",
+    "counter",
+    "spot interruption notices the preemption watcher saw",
+    exporter="prometheus_client",
+)
+PREEMPTION_DRAINS = _spec(
+    "serve_app_preemption_drains",
+    "counter",
+    "Ray node drains the preemption watcher asked for, by the GCS's answer",
+    ("result",),
     exporter="prometheus_client",
 )
 
@@ -321,28 +335,3 @@ def engine_totals(stats: EngineStats) -> dict[str, float]:
         steps.num_scheduled_seqs,
     )
     return {spec.name: value for spec, value in zip(ENGINE_TOTALS, values, strict=True)}
-
-
-class SpotDrainMetrics:
-    """The preemption watcher's counter (a standalone process: prometheus-client)."""
-
-    def __init__(self, registry: prometheus_client.CollectorRegistry | None = None) -> None:
-        import prometheus_client
-
-        # prometheus-client adds `_total` itself and starts an unlabelled counter at 0.
-        self.drains = prometheus_client.Counter(
-            SPOT_DRAINS.name,
-            SPOT_DRAINS.description,
-            registry=registry or prometheus_client.REGISTRY,
-        )
-
-    def record_drain(self) -> None:
-        self.drains.inc()
-
-
-# ---- standalone processes ----------------------------------------------------------------
-# Processes outside Serve (the preemption watcher on each worker node) serve these with
-# prometheus-client on their own port: no `ray_` prefix, and counters gain `_total`.
-PREEMPTION_POLLS = "serve_app_preemption_polls"  # label outcome: no_notice, notice, error
-PREEMPTION_NOTICES = "serve_app_preemption_notices"
-PREEMPTION_DRAINS = "serve_app_preemption_drains"  # label result: accepted, rejected, error

@@ -23,6 +23,10 @@ from serve_app.preemption.notices import Clock, NoticeSource, NoticeSourceError,
 logger = logging.getLogger(__name__)
 
 
+POLL_OUTCOMES = ("no_notice", "notice", "error")
+DRAIN_RESULTS = ("accepted", "rejected", "error")
+
+
 class Decision(str, Enum):
     NO_NOTICE = "no_notice"
     DRAINED = "drained"
@@ -44,22 +48,18 @@ class WatcherMetrics:
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> WatcherMetrics:
+        """The watcher's counters (specs in serve_app/metrics.py), every label value at 0."""
+
+        def counter(spec: metrics.MetricSpec, values: tuple[str, ...] = ()) -> Counter:
+            created = Counter(spec.name, spec.description, spec.labels, registry=registry)
+            for value in values:
+                created.labels(value)
+            return created
+
         return cls(
-            polls=Counter(
-                metrics.PREEMPTION_POLLS,
-                "polls of the preemption notice source by outcome",
-                ("outcome",),
-                registry=registry,
-            ),
-            notices=Counter(
-                metrics.PREEMPTION_NOTICES, "preemption notices seen", registry=registry
-            ),
-            drains=Counter(
-                metrics.PREEMPTION_DRAINS,
-                "Ray node drains requested by result",
-                ("result",),
-                registry=registry,
-            ),
+            polls=counter(metrics.PREEMPTION_POLLS, POLL_OUTCOMES),
+            notices=counter(metrics.PREEMPTION_NOTICES),
+            drains=counter(metrics.PREEMPTION_DRAINS, DRAIN_RESULTS),
         )
 
 

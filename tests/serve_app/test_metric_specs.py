@@ -10,6 +10,7 @@ from serve_app.engine.async_engine import EngineDeadError
 from serve_app.engine.engine import EngineStats, StepTotals
 from serve_app.ingress.downstream_errors import to_api_error
 from serve_app.ingress.errors import overloaded
+from serve_app.preemption.watcher import WatcherMetrics
 from serve_app.request_log import DISCONNECTED_CODE, DISCONNECTED_STATUS
 
 
@@ -19,7 +20,7 @@ def test_names_are_unique_and_prometheus_names_follow_the_exporter():
     assert metrics.REQUESTS.series() == "ray_serve_app_requests_total"
     assert metrics.KV_CACHE_USAGE.series() == "ray_serve_app_kv_cache_usage"
     assert metrics.REQUEST_LATENCY_S.series("_bucket") == "ray_serve_app_request_latency_s_bucket"
-    assert metrics.SPOT_DRAINS.series() == "serve_app_spot_drains_total"  # no Ray prefix
+    assert metrics.PREEMPTION_DRAINS.series() == "serve_app_preemption_drains_total"  # no prefix
     for spec in metrics.METRICS:
         assert (spec.kind == "histogram") == bool(spec.boundaries), spec.name
         assert list(spec.boundaries) == sorted(spec.boundaries), spec.name
@@ -50,11 +51,15 @@ def test_every_engine_total_feeds_its_counter():
     }
 
 
-def test_spot_drain_counter_is_exported_from_zero():
+def test_watcher_counters_are_exported_from_zero_under_their_spec_names():
     registry = prometheus_client.CollectorRegistry()
-    drains = metrics.SpotDrainMetrics(registry)
-    series = metrics.SPOT_DRAINS.series()
-    assert registry.get_sample_value(series) == 0
-    drains.record_drain()
-    assert registry.get_sample_value(series) == 1
-    assert f"{series} 1.0" in prometheus_client.generate_latest(registry).decode()
+    watcher = WatcherMetrics.create(registry)
+    series = metrics.PREEMPTION_DRAINS.series()
+    assert registry.get_sample_value(series, {"result": "accepted"}) == 0
+    assert registry.get_sample_value(metrics.PREEMPTION_POLLS.series(), {"outcome": "error"}) == 0
+    assert registry.get_sample_value(metrics.PREEMPTION_NOTICES.series()) == 0
+    watcher.drains.labels(result="accepted").inc()
+    assert registry.get_sample_value(series, {"result": "accepted"}) == 1
+    assert (
+        f'{series}{{result="accepted"}} 1.0' in prometheus_client.generate_latest(registry).decode()
+    )

@@ -24,7 +24,7 @@ import pytest
 
 from dashboards import alerts, panels
 from dashboards.promql import RATE_INTERVAL
-from serve_app.metrics import SpotDrainMetrics
+from serve_app.preemption.watcher import WatcherMetrics
 from tests.dashboards.prometheus_server import free_port, running_prometheus, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -86,7 +86,7 @@ def panel_expr(expr: str) -> str:
 
 def test_every_panel_and_alert_against_live_prometheus(live_app, tmp_path):
     registry = prometheus_client.CollectorRegistry()
-    SpotDrainMetrics(registry)  # what the preemption watcher exports: 0 drains so far
+    WatcherMetrics.create(registry)  # what the preemption watcher exports: 0 drains so far
     watcher_port = free_port()
     watcher_server, _ = prometheus_client.start_http_server(
         watcher_port, addr="127.0.0.1", registry=registry

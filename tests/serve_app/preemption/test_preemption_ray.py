@@ -92,7 +92,7 @@ def test_watcher_drains_its_node_on_an_aws_spot_notice(cluster):
         watcher = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
         try:
             metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
-            polls = f'{metrics.PREEMPTION_POLLS}_total{{outcome="no_notice"}}'
+            polls = metrics.PREEMPTION_POLLS.series() + '{outcome="no_notice"}'
             wait_until(lambda: scrape(metrics_url).get(polls, 0) >= 2, timeout_s=60)
             assert node_states(cluster.address)[worker.node_id].state == gcs_pb2.GcsNodeInfo.ALIVE
 
@@ -117,8 +117,8 @@ def test_watcher_drains_its_node_on_an_aws_spot_notice(cluster):
             assert node_states(cluster.address)[head_id].state == gcs_pb2.GcsNodeInfo.ALIVE
 
             samples = scrape(metrics_url)
-            assert samples[f'{metrics.PREEMPTION_DRAINS}_total{{result="accepted"}}'] == 1
-            assert samples[f"{metrics.PREEMPTION_NOTICES}_total"] == 1
+            assert samples[metrics.PREEMPTION_DRAINS.series() + '{result="accepted"}'] == 1
+            assert samples[metrics.PREEMPTION_NOTICES.series()] == 1
             assert metadata.state.count("PUT", "/latest/api/token") == 1  # one token, reused
         finally:
             watcher.terminate()

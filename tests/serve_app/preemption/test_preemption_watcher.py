@@ -59,8 +59,8 @@ def make_watcher(source, drainer, margin_s: float = 10.0):
     return watcher, registry
 
 
-def counter(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    return registry.get_sample_value(name + "_total", labels) or 0.0
+def counter(registry: CollectorRegistry, spec: metrics.MetricSpec, **labels: str) -> float:
+    return registry.get_sample_value(spec.series(), labels) or 0.0
 
 
 def test_a_notice_drains_the_node_once_with_the_margin_before_its_end(caplog):
