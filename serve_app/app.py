@@ -13,6 +13,7 @@ from typing import Any
 
 from ray import serve
 from ray.serve import Application
+from ray.serve.config import RequestRouterConfig
 
 from serve_app.autoscaling import autoscaling_config
 from serve_app.batcher.deployment import Batcher
@@ -21,6 +22,7 @@ from serve_app.ingress.http import OpenAIIngress
 from serve_app.placement import with_frontend_placement, with_replica_placement
 from serve_app.preflight import check_app
 from serve_app.replica.deployment import ModelReplica
+from serve_app.replica.router import DrainAwareRouter
 
 INGRESS_NAME = "OpenAIIngress"
 REPLICA_NAME = "ModelReplica"
@@ -74,6 +76,8 @@ def replica_options(config: AppConfig) -> dict[str, Any]:
         "health_check_period_s": settings.health_check_period_s,
         "health_check_timeout_s": settings.health_check_timeout_s,
         "graceful_shutdown_timeout_s": settings.graceful_shutdown_timeout_s,
+        # Callers route around replicas on draining nodes (serve_app/replica/router.py).
+        "request_router_config": RequestRouterConfig(request_router_class=DrainAwareRouter),
     }
     if settings.autoscaling is not None:
         del options["num_replicas"]

@@ -102,6 +102,9 @@ class ReplicaSettings(DeploymentSettings):
     health_check_period_s: float = Field(10.0, gt=0)
     health_check_timeout_s: float = Field(30.0, gt=0)
     graceful_shutdown_timeout_s: float = Field(20.0, ge=0)
+    # On a draining node (spot notice, `ray drain-node`), running requests are handed back
+    # to the batcher this long before the node's deadline, to be resumed on another replica.
+    drain_handback_s: float = Field(5.0, ge=0)
     # An engine loop silent this long is unhealthy; its idle loop wakes every second, so >= 2.
     stall_timeout_s: float = Field(60.0, ge=2.0)
     # Tokens per streamed message after the first (serve_app/replica/chunk_coalescer.py): 1

@@ -14,6 +14,10 @@ from serve_app.engine.async_engine import EngineRequest
 from serve_app.engine.sequence import TokenLogprobs
 
 
+class ReplicaDrainingError(RuntimeError):
+    """A replica handed a request back: its node is being drained (a batcher resumes it)."""
+
+
 @dataclass(slots=True)
 class TokenChunk:
     """The tokens one engine step produced for one request, with running counts."""

@@ -36,8 +36,8 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from serve_app.abort_channel import AbortSender, LazyAbortListener
-from serve_app.batch_call import BatchCall, BatchStreamEndedError
-from serve_app.batcher.failover import backoff_s, is_replica_failure
+from serve_app.batch_call import BatchCall
+from serve_app.batcher.failover import backoff_s, is_drain, is_replica_failure
 from serve_app.batcher.policy import AdaptiveBatchPolicy, BatchPolicyConfig
 from serve_app.batcher.request_state import RequestState
 from serve_app.config import AppConfig
@@ -74,6 +74,7 @@ class Batcher:
         self._failover = config.batcher.failover
         self._rng = random.Random()
         self.num_failovers = 0
+        self.failover_reasons: Counter[str] = Counter()  # replica_died / node_drained
         self._abort_sender = abort_sender or AbortSender()
         self._abort_listener = LazyAbortListener(on_abort=self.abort_requests)
         self._queue: deque[_Waiter] = deque()
@@ -134,6 +135,7 @@ class Batcher:
             "num_batches_running": len(self._calls),
             "batch_size_counts": dict(self.batch_size_counts),
             "num_failovers": self.num_failovers,
+            "failover_reasons": dict(self.failover_reasons),
             "policy": self.policy.config.to_dict(),
             "window_s": snapshot.window_s,
             "target_batch_size": snapshot.target_batch_size,
@@ -224,8 +226,9 @@ class Batcher:
             return False
         waiter.num_failovers += 1
         self.num_failovers += 1
-        drained = isinstance(error, BatchStreamEndedError)  # ended on purpose, not a crash
-        self.metrics.record_failover("node_drained" if drained else "replica_died")
+        reason = "node_drained" if is_drain(error) else "replica_died"
+        self.failover_reasons[reason] += 1
+        self.metrics.record_failover(reason)
         waiter.call = None
         delay_s = backoff_s(
             waiter.num_failovers, settings.backoff_s, settings.max_backoff_s, self._rng

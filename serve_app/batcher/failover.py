@@ -18,12 +18,14 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from serve_app.batch_call import BatchStreamEndedError
 from serve_app.engine.async_engine import EngineDeadError
 from serve_app.engine.parallel.executor import TensorParallelError
+from serve_app.messages import ReplicaDrainingError
 
 REPLICA_FAILURES = (
     RayActorError,  # the replica actor died or is unreachable (ActorDiedError, ...)
     EngineDeadError,  # its engine loop stopped
     TensorParallelError,  # one of its tensor-parallel ranks died
-    BatchStreamEndedError,  # its stream ended before the requests did (a drained replica)
+    ReplicaDrainingError,  # its node is being drained: it handed the request back
+    BatchStreamEndedError,  # its stream ended before the requests did
     DeploymentUnavailableError,  # no replica at the moment
     BackPressureError,  # every replica's queue is full right now
 )
@@ -33,6 +35,11 @@ def is_replica_failure(error: BaseException) -> bool:
     """Whether a batch call's error is the replica's fault, not the request's."""
     cause = getattr(error, "cause", None) or error  # RayTaskError wraps the replica's error
     return isinstance(error, REPLICA_FAILURES) or isinstance(cause, REPLICA_FAILURES)
+
+
+def is_drain(error: BaseException) -> bool:
+    """Whether the replica gave the request back on purpose (a drain), not by crashing."""
+    return isinstance(error, ReplicaDrainingError | BatchStreamEndedError)
 
 
 def backoff_s(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:

@@ -9,8 +9,20 @@ import logging
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
+from serve_app.batch_call import BatchStreamEndedError
 from serve_app.engine.async_engine import EngineDeadError
 from serve_app.ingress.errors import APIError, overloaded
+from serve_app.messages import ReplicaDrainingError
+
+# A replica that is gone, dead or draining (after the batcher's failover attempts, or with
+# the batcher off): the client may retry elsewhere.
+UNAVAILABLE = (
+    EngineDeadError,
+    RayActorError,
+    DeploymentUnavailableError,
+    ReplicaDrainingError,
+    BatchStreamEndedError,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -19,7 +31,7 @@ def to_api_error(error: BaseException, retry_after_s: int) -> APIError:
     cause = getattr(error, "cause", None) or error  # RayTaskError wraps the replica's error
     if isinstance(error, BackPressureError) or isinstance(cause, BackPressureError):
         return overloaded(retry_after_s, "the server is overloaded; retry after a moment")
-    if isinstance(cause, EngineDeadError | RayActorError | DeploymentUnavailableError):
+    if isinstance(cause, UNAVAILABLE):
         return APIError(
             503,
             f"the model replica is unavailable: {cause}",

@@ -8,6 +8,7 @@ per request. A request whose id arrives through `abort_requests` (from the repli
 AbortChannel) is aborted alone: the engine frees its KV blocks and the stream reports its
 end with an empty TaggedChunk. Closing the stream (the caller cancelled) aborts every
 request still running. A request the engine rejects ends with its error; the others go on.
+`hand_back` ends every request with an error the caller resumes elsewhere (a drain).
 
 Under load, messages are time-sliced (`replica.stream_interval_ms`): a message that
 carries neither a first token nor an end waits until the slice since the previous message
@@ -51,6 +52,16 @@ class BatchRunner:
         self._stream_interval_s = stream_interval_s  # the slice at a full engine
         self._on_cancelled = on_cancelled  # called with the number of requests left unfinished
         self._sinks: dict[str, Mailbox] = {}  # live requests of every batch, by id
+        self._handed_back: BaseException | None = None  # set once the node drains
+
+    def hand_back(self, error: BaseException) -> None:
+        """End every live request, and every later batch at once, with `error`: the node is
+        going away, and the caller resumes them elsewhere (serve_app/replica/drain.py)."""
+        self._handed_back = error
+        for request_id, sink in list(self._sinks.items()):
+            del self._sinks[request_id]
+            self._engine.abort(request_id)
+            sink.put([RequestFailure(request_id, error)])
 
     @property
     def num_live_requests(self) -> int:
@@ -67,6 +78,10 @@ class BatchRunner:
     async def run(
         self, requests: list[BatchRequest], abort_channel: str | None = None
     ) -> AsyncIterator[BatchMessage]:
+        if self._handed_back is not None:
+            ended = [TaggedChunk(r.request_id, None, self._handed_back) for r in requests]
+            yield BatchMessage(ended, abort_channel)
+            return
         sink = Mailbox.on_running_loop()
         coalescers = {
             request.request_id: ChunkCoalescer(self._stream_interval_tokens) for request in requests

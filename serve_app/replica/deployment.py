@@ -6,8 +6,10 @@ BatchMessages, one per engine step for the whole batch (serve_app/replica/batch_
 Its caller is the micro-batcher, or the ingress when the batcher is off. Single requests
 of a batch are aborted through this replica's AbortChannel (serve_app/abort_channel.py),
 whose name rides in the stream's first message; cancelling the call aborts the whole
-batch. Deployment options (replicas, resources, limits, health-check timeouts) come from
-`serve_app.app`.
+batch. On a draining node it hands its requests back before the deadline
+(serve_app/replica/drain.py); callers route around it meanwhile
+(serve_app/replica/router.py). Deployment options (replicas, resources, limits,
+health-check timeouts) come from `serve_app.app`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import asdict
 
+import ray
+
 from serve_app.abort_channel import LazyAbortListener
 from serve_app.autoscaling import EngineLoadReporter
 from serve_app.config import AppConfig
@@ -25,6 +29,7 @@ from serve_app.engine.async_engine import AsyncEngine
 from serve_app.messages import BatchMessage, BatchRequest
 from serve_app.metrics import ReplicaMetrics, report_periodically
 from serve_app.replica.batch_runner import BatchRunner
+from serve_app.replica.drain import DrainHandback
 from serve_app.replica.ray_executor import make_llm_engine
 
 
@@ -47,11 +52,19 @@ class ModelReplica:
             stream_interval_s=config.replica.stream_interval_ms / 1000,
         )
         self._abort_listener = LazyAbortListener(on_abort=self.batches.abort_requests)
+        self._drain = DrainHandback(
+            ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
+            config.replica.drain_handback_s,
+            self.batches.hand_back,
+        )
+        self._drain_task: asyncio.Task | None = None
         self.load = EngineLoadReporter()  # what the autoscaling policy reads (TTFT, KV, queue)
 
     async def generate_batch(self, requests: list[BatchRequest]) -> AsyncIterator[BatchMessage]:
         """Run many requests in one stream (the batcher's call, or the ingress's)."""
         self._start_metrics()
+        if self._drain_task is None:  # started with the first batch, on Serve's loop
+            self._drain_task = asyncio.get_running_loop().create_task(self._drain.watch())
         batch = self.batches.run(requests, self._abort_listener.channel_name())
         timed = self.load.timed_batch(batch, [request.request_id for request in requests])
         async with aclosing(timed) as messages:
@@ -84,8 +97,9 @@ class ModelReplica:
 
     def __del__(self) -> None:
         # getattr: __init__ may have failed before setting it (a TP rank that did not start).
-        if getattr(self, "_metrics_task", None) is not None:
-            self._metrics_task.cancel()
+        for task in (getattr(self, "_metrics_task", None), getattr(self, "_drain_task", None)):
+            if task is not None:
+                task.cancel()
         with contextlib.suppress(Exception):
             self.engine.shutdown()
 

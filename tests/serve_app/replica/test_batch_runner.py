@@ -1,6 +1,6 @@
 """ModelReplica.generate_batch without Ray: a batch streams every request's greedy tokens,
-aborting one request of it frees that request alone, and a request the engine rejects
-ends with its own error while the others complete."""
+aborting one request of it frees that request alone, a request the engine rejects ends
+with its own error while the others complete, and a drain hands every request back."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import asyncio
 from serve_app.config import load_app_config
 from serve_app.engine.engine import LLMEngine, RequestError
 from serve_app.engine.sampling_params import SamplingParams
-from serve_app.messages import BatchMessage, BatchRequest, TaggedChunk
+from serve_app.messages import BatchMessage, BatchRequest, ReplicaDrainingError, TaggedChunk
 from serve_app.replica.deployment import ModelReplica
 
 ARGS = {"engine": {"kv_cache_memory_bytes": 2**20, "max_num_seqs": 4}}
@@ -143,4 +143,27 @@ def test_time_slices_under_load_carry_several_tokens_per_message_unchanged():
     # 3 of 4 sequences: 150 ms slices; a step of `tiny` takes a few ms, so the 24 tokens
     # arrive in far fewer messages than steps, the first tokens at once.
     assert sizes[0] == [1, 1, 1] and len(sizes) < 12, sizes
+    replica.engine.shutdown()
+
+
+def test_handing_back_ends_every_running_request_and_every_later_batch_with_a_drain_error():
+    replica = ModelReplica(load_app_config(ARGS))
+    params = SamplingParams(max_tokens=200, temperature=0, ignore_eos=True)
+    drained = ReplicaDrainingError("node n1 is draining")
+
+    def hand_back_once_started(tokens: dict[str, list[int]]) -> None:
+        if all(tokens.values()) and replica.batches.num_live_requests:
+            replica.batches.hand_back(drained)
+
+    tokens, finals = asyncio.run(collect(replica, batch(params), hand_back_once_started))
+    assert all(final.error is drained for final in finals.values())
+    expected = expected_tokens(SamplingParams(max_tokens=len(tokens["r0"]), temperature=0))
+    assert 0 < len(tokens["r0"]) < 200 and tokens["r0"] == expected[0]  # a prefix, then none
+    stats = replica.engine.stats()
+    assert (stats.num_running, stats.num_waiting, stats.num_used_kv_blocks) == (0, 0, 0)
+    assert replica.num_cancelled_streams == 0  # handed back, not cancelled by a caller
+
+    later, later_finals = asyncio.run(collect(replica, batch(params)))
+    assert later == {f"r{i}": [] for i in range(3)}  # not started: back to the caller at once
+    assert all(final.error is drained for final in later_finals.values())
     replica.engine.shutdown()
