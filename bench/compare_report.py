@@ -141,3 +141,28 @@ def format_comparison(
     for check in target_checks(model, offline, batcher, direct):
         lines.append(f"- {'PASS' if check.passed else 'FAIL'}: {check.name}: {check.detail}")
     return "\n".join(lines)
+
+
+def summary(model: str, offline: SystemResult, batcher: SystemResult, direct: SystemResult) -> dict:
+    """The figures of one model's comparison as plain data (serve_compare --json)."""
+
+    def figures(system: SystemResult) -> dict:
+        return {
+            "tok_s": system.saturation.output_token_throughput,
+            "share": throughput_share(system, offline),
+            "w_ttft_p50_ms": system.saturation.ttft.p50 * 1000,
+            "c1_ttft_p50_ms": system.single.ttft.p50 * 1000,
+            "c1_itl_p50_ms": system.single.itl.p50 * 1000,
+            "failed": system.saturation.num_errors + system.single.num_errors,
+            "cpu_ms_per_token": dict(system.cpu_ms_per_token),
+            "serving_cpu_ms": None if system is offline else serving_cpu_ms(system, offline),
+        }
+
+    return {
+        "model": model,
+        "systems": {system.name: figures(system) for system in (offline, batcher, direct)},
+        "checks": [
+            {"name": check.name, "passed": check.passed, "detail": check.detail}
+            for check in target_checks(model, offline, batcher, direct)
+        ],
+    }

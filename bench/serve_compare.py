@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 import sys
@@ -39,6 +40,7 @@ from bench.compare_report import (
     OFFLINE,
     SystemResult,
     format_comparison,
+    summary,
 )
 from bench.load_stats import LoadReport, RequestRecord, build_report
 from bench.serve_load import WorkItem, make_workload, run_load
@@ -81,6 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="Serve's direct ingress: the ingress replica serves HTTP itself, no proxy hop",
     )
+    parser.add_argument("--json", help="also write each model's figures to this file")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -303,6 +306,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"# {model}: offline ... load average {os.getloadavg()}", flush=True)
         offline[model] = run_offline(args, model, saturation, single)
     port = start_serve(args.serve_env, args.direct_ingress)
+    summaries: list[dict] = []
     try:
         for model in args.models:
             saturation, single = workloads(args)
@@ -312,6 +316,9 @@ def main(argv: list[str] | None = None) -> None:
                 served.append(run_served(args, model, port, batcher, saturation, single))
             print(f"\n## {model}  (load average at the end {os.getloadavg()})\n")
             print(format_comparison(model, offline[model], served[0], served[1]), flush=True)
+            summaries.append(summary(model, offline[model], served[0], served[1]))
+            if args.json:
+                Path(args.json).write_text(json.dumps(summaries, indent=1))
     finally:
         stop_serve()
     print(f"\n# total {time.perf_counter() - started:.0f} s")

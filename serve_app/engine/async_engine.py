@@ -109,10 +109,8 @@ class AsyncEngine:
         self.stall_timeout_s = stall_timeout_s
         self._commands: queue.SimpleQueue = queue.SimpleQueue()
         self._sinks: dict[str, Mailbox] = {}  # live request id -> where its outputs go
-        # Engine thread only: the mailbox each running sequence was added with. An id that
-        # is aborted and added again (a failover resumed on this replica) gets a new
-        # mailbox at once, while the old sequence may still finish a step: its outputs
-        # must not reach the new one.
+        # Engine thread only: the mailbox each sequence was added with, so that an id aborted
+        # and added again (a failover resumed here) never hears its old sequence's last step.
         self._owners: dict[str, Mailbox] = {}
         self._wakeup = threading.Event()
         self._stopped = threading.Event()

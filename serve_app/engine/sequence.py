@@ -56,10 +56,6 @@ class Sequence:
     def num_output_tokens(self) -> int:
         return len(self.output_token_ids)
 
-    @property
-    def is_finished(self) -> bool:
-        return self.status is SequenceStatus.FINISHED
-
     def token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
 

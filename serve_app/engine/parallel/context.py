@@ -28,10 +28,6 @@ class ParallelContext:
         assert 0 <= self.rank < self.world_size, (self.rank, self.world_size)
         assert self.world_size == 1 or self.group is not None, "world_size > 1 needs a group"
 
-    @property
-    def is_first_rank(self) -> bool:
-        return self.rank == 0
-
     def shard(self, total: int, what: str) -> int:
         """Size of this rank's share of `total`; a clear error when it does not divide."""
         if total % self.world_size:
