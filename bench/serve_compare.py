@@ -83,6 +83,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="Serve's direct ingress: the ingress replica serves HTTP itself, no proxy hop",
     )
+    parser.add_argument(
+        "--haproxy",
+        action="store_true",
+        help="Serve's HAProxy mode: HAProxy in front of direct-ingress ingress replicas "
+        "(needs the haproxy binary; Serve then binds every interface)",
+    )
     parser.add_argument("--json", help="also write each model's figures to this file")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -259,10 +265,13 @@ def direct_ingress_port(first_port: int) -> int:
     raise RuntimeError(f"no direct-ingress HTTP port answered from {first_port}")
 
 
-def start_serve(serve_env: list[str], direct_ingress: bool = False) -> int:
+def start_serve(serve_env: list[str], direct_ingress: bool = False, haproxy: bool = False) -> int:
     """A local Ray + Serve on a free loopback port (with direct ingress: the first of the
-    ingress replica's port range); `serve_env` reaches every Ray process."""
-    if direct_ingress:
+    ingress replica's port range; with HAProxy: HAProxy's port, the replicas behind it);
+    `serve_env` reaches every Ray process."""
+    if haproxy:
+        serve_env = [*serve_env, "RAY_SERVE_ENABLE_HA_PROXY=1"]
+    if direct_ingress or haproxy:
         with socket.socket() as sock:  # a random range start in 30000-49999
             sock.bind(("127.0.0.1", 0))
             first_port = sock.getsockname()[1] % 20000 + 30000
@@ -283,7 +292,7 @@ def start_serve(serve_env: list[str], direct_ingress: bool = False) -> int:
         log_to_driver=False,
     )
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    return first_port if direct_ingress else port
+    return first_port if direct_ingress and not haproxy else port
 
 
 def stop_serve() -> None:
@@ -305,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
         saturation, single = workloads(args)
         print(f"# {model}: offline ... load average {os.getloadavg()}", flush=True)
         offline[model] = run_offline(args, model, saturation, single)
-    port = start_serve(args.serve_env, args.direct_ingress)
+    port = start_serve(args.serve_env, args.direct_ingress, args.haproxy)
     summaries: list[dict] = []
     try:
         for model in args.models:

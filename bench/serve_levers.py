@@ -5,9 +5,10 @@ same run.
     .venv/bin/python -m bench.serve_levers --models tiny [--levers baseline grpc ...]
 
 Each lever is an existing feature, of Serve or of this app, turned on alone over the
-default config (serve_compare runs W through the default config, in-process vs graph):
+default config with Serve's own defaults (`serve_preset=default`; serve_compare runs W
+through the default config, in-process vs graph):
 
-- baseline: the default config;
+- baseline: the default config with Serve's defaults;
 - stream_interval_50ms: `replica.stream_interval_ms=50`, time-sliced replica messages;
 - grpc_transport: Serve's gRPC transport between deployments instead of Ray actor calls
   (`RAY_SERVE_USE_GRPC_BY_DEFAULT=1`: every handle's `_by_reference=False`);
@@ -16,7 +17,12 @@ default config (serve_compare runs W through the default config, in-process vs g
   code and router on the replica's own loop, gRPC transport, direct ingress, GC frozen
   after start-up, buffered request logs);
 - omp_passive: the replica's OpenMP threads sleep when idle (`OMP_WAIT_POLICY=PASSIVE`)
-  instead of spinning on cores the serving processes need.
+  instead of spinning on cores the serving processes need;
+- haproxy: Serve's HAProxy mode (`RAY_SERVE_ENABLE_HA_PROXY=1`) in place of its Python
+  proxy, in front of direct-ingress ingress replicas (needs the `haproxy` binary);
+- app_default: the app as it ships (`serve_preset=throughput`, serve_app/app.py): Serve's
+  throughput preset without its direct ingress in every replica, OpenMP passive in the
+  model replica.
 
 Each runs in its own process (Serve reads its flags at import). The box drifts 10-20%
 between minutes: compare a lever with the baseline through the ratios, not the tok/s.
@@ -34,6 +40,7 @@ from pathlib import Path
 
 from bench.compare_report import GRAPH_BATCHER, OFFLINE
 
+SERVE_DEFAULTS = ["--app-arg", "serve_preset=default"]  # the app without its Serve preset
 LEVERS: dict[str, list[str]] = {
     "baseline": [],
     "stream_interval_50ms": ["--app-arg", "replica.stream_interval_ms=50"],
@@ -41,7 +48,12 @@ LEVERS: dict[str, list[str]] = {
     "direct_ingress": ["--direct-ingress"],
     "throughput_optimized": ["--serve-env", "RAY_SERVE_THROUGHPUT_OPTIMIZED=1", "--direct-ingress"],
     "omp_passive": ["--serve-env", "OMP_WAIT_POLICY=PASSIVE"],
+    "haproxy": ["--haproxy"],
 }
+# Each lever alone over Serve's defaults; `app_default` is the app as it ships: Serve's
+# throughput preset without direct ingress, and the replica's OpenMP threads passive.
+LEVERS = {name: SERVE_DEFAULTS + args for name, args in LEVERS.items()}
+LEVERS["app_default"] = []
 COLUMNS = (
     "| lever | model | graph tok/s | % of in-process | W TTFT p50 vs in-process "
     "| serving CPU ms/token | replica beyond engine | ingress | batcher | proxy "
@@ -99,7 +111,12 @@ def main() -> None:
     started = time.monotonic()
     rows = []
     for name in args.levers:
-        for result in run_lever(name, args.models, args.compare_arg):
+        try:
+            results = run_lever(name, args.models, args.compare_arg)
+        except RuntimeError as error:  # one lever that cannot run here does not stop the rest
+            print(f"# {error}", flush=True)
+            continue
+        for result in results:
             rows.append(row(name, result))
             print(rows[-1], flush=True)
     print(f"\n# {time.monotonic() - started:.0f} s in all; full graph (ingress -> batcher -> ")

@@ -33,8 +33,12 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
     config = load_app_config(args)
     check_app(config)  # model, TP split and resources: fail here, not in the replicas
     # On a cluster (`placement.enabled`) each deployment is also told which nodes to use.
-    replica_opts = with_replica_placement(config, replica_options(config))
-    ingress_opts = with_frontend_placement(config, ingress_options(config))
+    replica_opts = with_replica_placement(
+        config, with_serve_preset(config, replica_options(config), REPLICA_PRESET_ENV)
+    )
+    ingress_opts = with_frontend_placement(
+        config, with_serve_preset(config, ingress_options(config))
+    )
     replica = serve.deployment(ModelReplica).options(**replica_opts)
     ingress = serve.deployment(OpenAIIngress).options(**ingress_opts)
     return ingress.bind(config, token_source(config, replica.bind(config)))
@@ -45,8 +49,35 @@ def token_source(config: AppConfig, replica: Application) -> Application:
     the replicas themselves; both answer `generate_batch(requests)` (serve_app/batch_call.py)."""
     if not config.batcher.enabled:
         return replica
-    options = with_frontend_placement(config, batcher_options(config))
+    options = with_frontend_placement(config, with_serve_preset(config, batcher_options(config)))
     return serve.deployment(Batcher).options(**options).bind(config, replica)
+
+
+# Serve's throughput preset, set in the environment of every replica of the app: user code
+# and handle routers on the replica's own event loop, Serve's gRPC transport between
+# deployments, the GC frozen after start-up, buffered request-path logs (the measured
+# serving-path levers: bench/README.md, `serve_levers`). Its direct ingress stays off: that
+# moves HTTP from Serve's proxy port to ports of the ingress replicas.
+THROUGHPUT_PRESET_ENV = {
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+}
+# The model replica's OpenMP threads sleep between parallel regions instead of spinning on
+# the cores its own event loop and the other deployments need.
+REPLICA_PRESET_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def with_serve_preset(
+    config: AppConfig, options: dict[str, Any], extra_env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """`options` with the Serve preset's environment for the deployment's replicas."""
+    if config.serve_preset != "throughput":
+        return options
+    actor_options = options.get("ray_actor_options", {})
+    runtime_env = actor_options.get("runtime_env", {})
+    env_vars = {**THROUGHPUT_PRESET_ENV, **(extra_env or {}), **runtime_env.get("env_vars", {})}
+    runtime_env = {**runtime_env, "env_vars": env_vars}
+    return {**options, "ray_actor_options": {**actor_options, "runtime_env": runtime_env}}
 
 
 # Serve calls a deployment replica may hold beyond its share of the admission bound:

@@ -6,7 +6,9 @@ every request's new tokens since the last one. The call hands each message's chu
 `deliver` in one go (the caller fans them out to its own waiters), tells every request
 still open when the stream fails or ends early, and aborts single requests through the
 AbortChannel the server named in its first message (serve_app/abort_channel.py); when the
-last open request leaves, it cancels the whole stream instead. The call runs in a fresh
+last open request leaves, it cancels the whole stream instead. With a silence timeout, a
+stream that has started and then sends nothing (not even the server's heartbeat) for that
+long fails every open request with BatchStreamSilentError. The call runs in a fresh
 context, outside any caller's Serve request context, so that no single caller's
 cancellation reaches a call it shares with others.
 """
@@ -32,6 +34,11 @@ class BatchStreamEndedError(RuntimeError):
     """The server ended a batch stream before all of its requests finished."""
 
 
+class BatchStreamSilentError(RuntimeError):
+    """A batch stream sent nothing, not even a heartbeat, for too long: its server is gone
+    without a trace (a vanished node: no connection reset reaches a gRPC stream) or hung."""
+
+
 class BatchCall:
     def __init__(
         self,
@@ -40,6 +47,7 @@ class BatchCall:
         deliver: Callable[[list[TaggedChunk]], None],
         abort_sender: AbortSender,
         on_first_token: Callable[[float], None] | None = None,
+        silence_timeout_s: float | None = None,
     ) -> None:
         self._handle = handle
         self.requests = requests
@@ -50,6 +58,12 @@ class BatchCall:
         self._abort_channel: str | None = None
         self._unsent_aborts: list[str] = []
         self.task: asyncio.Task | None = None
+        # Once the stream has started, a server sends at least a heartbeat every few
+        # seconds (serve_app/replica/batch_runner.py); longer silence fails the call.
+        self._silence_timeout_s = silence_timeout_s
+        self._last_message_s = 0.0
+        self._silent = False
+        self._watchdog: asyncio.TimerHandle | None = None
 
     def start(self) -> asyncio.Task:
         self.task = asyncio.get_running_loop().create_task(
@@ -77,6 +91,7 @@ class BatchCall:
         awaiting_first_token = self._on_first_token is not None
         try:
             async for message in responses:
+                self._heard()
                 if message.abort_channel is not None:
                     self._started(message.abort_channel)
                 chunks = [tagged for tagged in message.chunks if tagged.request_id in self.open]
@@ -90,15 +105,38 @@ class BatchCall:
                     self._deliver(chunks)
             stream_ended = True
             self._fail(BatchStreamEndedError("the batch stream ended before its requests did"))
-        except asyncio.CancelledError:  # by `leave` once nobody waits, or at shutdown
+        except asyncio.CancelledError:  # by `leave` once nobody waits, at shutdown, or silence
+            if self._silent:
+                timeout = self._silence_timeout_s
+                self._fail(BatchStreamSilentError(f"no message from the server in {timeout} s"))
+                return
             self._fail(BatchAbortedError("the batch call was cancelled"))
             raise
         except Exception as error:  # the server or the call failed: tell every open request
             stream_ended = True
             self._fail(error.cause if isinstance(error, RayTaskError) else error)
         finally:
+            if self._watchdog is not None:
+                self._watchdog.cancel()
             if not stream_ended:
                 responses.cancel()
+
+    def _heard(self) -> None:
+        """A message arrived: the server is alive (arms the watchdog after the first)."""
+        loop = asyncio.get_running_loop()
+        self._last_message_s = loop.time()
+        if self._watchdog is None and self._silence_timeout_s is not None:
+            self._watchdog = loop.call_later(self._silence_timeout_s, self._check_silence)
+
+    def _check_silence(self) -> None:
+        assert self._silence_timeout_s is not None and self.task is not None
+        loop = asyncio.get_running_loop()
+        quiet_s = loop.time() - self._last_message_s
+        if quiet_s >= self._silence_timeout_s:
+            self._silent = True
+            self.task.cancel()
+        else:
+            self._watchdog = loop.call_later(self._silence_timeout_s - quiet_s, self._check_silence)
 
     def _started(self, abort_channel: str) -> None:
         self._abort_channel = abort_channel

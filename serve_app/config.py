@@ -127,6 +127,9 @@ class FailoverSettings(_Section):
     max_attempts: int = Field(5, ge=1)  # resumes of one request, at most
     backoff_s: float = Field(0.2, ge=0)  # the first retry waits up to this (full jitter)
     max_backoff_s: float = Field(5.0, ge=0)  # doubling per attempt, capped here
+    # A replica's batch stream silent this long (it sends a heartbeat every 2 s) is a dead
+    # replica: a node gone without a trace leaves a gRPC stream open, with no error.
+    silence_timeout_s: float = Field(15.0, ge=5)
 
 
 class BatcherSettings(DeploymentSettings):
@@ -240,6 +243,9 @@ class AppConfig(_Section):
     auth: AuthSettings = Field(default_factory=AuthSettings)
     placement: PlacementSettings = Field(default_factory=PlacementSettings)
     request_log: RequestLogSettings = Field(default_factory=RequestLogSettings)
+    # `throughput`: Serve's throughput preset in the app's replicas (serve_app/app.py);
+    # `default`: Serve's defaults (user code on a thread of its own, Ray actor calls).
+    serve_preset: Literal["throughput", "default"] = "throughput"
 
     @model_validator(mode="before")
     @classmethod

@@ -200,6 +200,7 @@ class Batcher:
             self._deliver,
             self._abort_sender,
             on_first_token=self.policy.record_forward_latency,
+            silence_timeout_s=self._failover.silence_timeout_s,
         )
         now = time.monotonic()
         for waiter in waiters:

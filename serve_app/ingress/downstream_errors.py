@@ -9,7 +9,7 @@ import logging
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-from serve_app.batch_call import BatchStreamEndedError
+from serve_app.batch_call import BatchStreamEndedError, BatchStreamSilentError
 from serve_app.engine.async_engine import EngineDeadError
 from serve_app.ingress.errors import APIError, overloaded
 from serve_app.messages import ReplicaDrainingError
@@ -22,6 +22,7 @@ UNAVAILABLE = (
     DeploymentUnavailableError,
     ReplicaDrainingError,
     BatchStreamEndedError,
+    BatchStreamSilentError,
 )
 
 logger = logging.getLogger(__name__)

@@ -10,6 +10,10 @@ end with an empty TaggedChunk. Closing the stream (the caller cancelled) aborts 
 request still running. A request the engine rejects ends with its error; the others go on.
 `hand_back` ends every request with an error the caller resumes elsewhere (a drain).
 
+A batch stream with nothing to say sends an empty message every HEARTBEAT_S (requests
+still waiting for the engine, a long prefill): its caller tells a replica that went
+silent (a node gone without a trace) from one that is busy (BatchCall's watchdog).
+
 Under load, messages are time-sliced (`replica.stream_interval_ms`): a message that
 carries neither a first token nor an end waits until the slice since the previous message
 is over, the slice scaled by how full the engine is (a request running alone is never
@@ -26,6 +30,9 @@ from serve_app.engine.async_engine import AsyncEngine, Mailbox, RequestFailure
 from serve_app.engine.request_output import RequestOutput
 from serve_app.messages import BatchMessage, BatchRequest, TaggedChunk, TokenChunk
 from serve_app.replica.chunk_coalescer import ChunkCoalescer
+
+HEARTBEAT_S = 2.0  # an idle batch stream's empty message, at most this far apart
+_HEARTBEAT = object()  # put into every live batch's mailbox once per HEARTBEAT_S
 
 
 def chunk_from_output(output: RequestOutput) -> TokenChunk:
@@ -46,6 +53,7 @@ class BatchRunner:
         stream_interval_tokens: int,
         on_cancelled: Callable[[int], None],
         stream_interval_s: float = 0.0,
+        heartbeat_s: float = HEARTBEAT_S,
     ) -> None:
         self._engine = engine
         self._stream_interval_tokens = stream_interval_tokens
@@ -53,6 +61,9 @@ class BatchRunner:
         self._on_cancelled = on_cancelled  # called with the number of requests left unfinished
         self._sinks: dict[str, Mailbox] = {}  # live requests of every batch, by id
         self._handed_back: BaseException | None = None  # set once the node drains
+        self._heartbeat_s = heartbeat_s
+        self._heartbeats: asyncio.Task | None = None
+        self._beat = 0  # heartbeats so far
 
     def hand_back(self, error: BaseException) -> None:
         """End every live request, and every later batch at once, with `error`: the node is
@@ -82,6 +93,8 @@ class BatchRunner:
             ended = [TaggedChunk(r.request_id, None, self._handed_back) for r in requests]
             yield BatchMessage(ended, abort_channel)
             return
+        if self._heartbeats is None or self._heartbeats.done():
+            self._heartbeats = asyncio.get_running_loop().create_task(self._beat_forever())
         sink = Mailbox.on_running_loop()
         coalescers = {
             request.request_id: ChunkCoalescer(self._stream_interval_tokens) for request in requests
@@ -91,12 +104,25 @@ class BatchRunner:
         try:
             self._engine.add_requests(requests, sink)
             last_sent_s = 0.0
+            beat_seen = self._beat
             while coalescers:
                 items = await sink.take()
+                if beat_seen != self._beat:  # a heartbeat may be among the items
+                    beat_seen = self._beat
+                    items = [item for item in items if item is not _HEARTBEAT]
+                if not items:
+                    if time.monotonic() - last_sent_s >= self._heartbeat_s:
+                        yield BatchMessage([], abort_channel)  # alive, nothing to say
+                        abort_channel = None
+                        last_sent_s = time.monotonic()
+                    continue
                 hold_s = last_sent_s + self._slice_s() - time.monotonic()
                 if hold_s > 0 and not any(_urgent(item) for item in items):
                     await asyncio.sleep(hold_s)
                     items += sink.take_nowait()
+                    if beat_seen != self._beat:
+                        beat_seen = self._beat
+                        items = [item for item in items if item is not _HEARTBEAT]
                 chunks = self._tag(items, coalescers)
                 if chunks:
                     yield BatchMessage(chunks, abort_channel)
@@ -108,6 +134,13 @@ class BatchRunner:
                     self._engine.abort(request_id)
             if coalescers:
                 self._on_cancelled(len(coalescers))
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            self._beat += 1
+            for sink in set(self._sinks.values()):
+                sink.put([_HEARTBEAT])
 
     def _slice_s(self) -> float:
         """The time slice now: the configured one scaled by how full the engine is."""

@@ -55,6 +55,10 @@ APP = "chaos"
 CLIENTS = 12
 POOL = 48  # distinct requests; the load cycles through them
 MAX_TOKENS = 64
+# Every LONG_EVERY-th request is long, so that each fault, a drain too, finds requests
+# mid-stream on the replica it hits (short ones end within a second here).
+LONG_MAX_TOKENS = 512
+LONG_EVERY = 4
 LOAD_BEFORE_FAULT_S = 3.0  # steady load before each fault
 LOAD_AFTER_FAULT_S = 3.0  # and after it has played out, on the survivors
 DRAIN_DEADLINE_S = 10.0
@@ -90,7 +94,7 @@ def body(index: int) -> dict:
     return {
         "model": "tiny",
         "prompt": f"Spot story {index}:",
-        "max_tokens": MAX_TOKENS,
+        "max_tokens": LONG_MAX_TOKENS if index % LONG_EVERY == LONG_EVERY - 1 else MAX_TOKENS,
         "ignore_eos": True,
         "temperature": 0,
         **seeded,
@@ -422,7 +426,8 @@ def main() -> None:
     args = parser.parse_args()
     started = time.monotonic()
     rows = run(args.scenarios)
-    print(f"\n{CLIENTS} clients, {POOL} requests in the pool, {MAX_TOKENS} tokens each, ")
+    print(f"\n{CLIENTS} clients, {POOL} requests in the pool, {MAX_TOKENS} tokens each ")
+    print(f"(every {LONG_EVERY}th: {LONG_MAX_TOKENS}), ")
     print(f"{time.monotonic() - started:.0f} s in all\n")
     print(table(rows))
     if args.json:

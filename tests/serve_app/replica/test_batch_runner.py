@@ -167,3 +167,28 @@ def test_handing_back_ends_every_running_request_and_every_later_batch_with_a_dr
     assert later == {f"r{i}": [] for i in range(3)}  # not started: back to the caller at once
     assert all(final.error is drained for final in later_finals.values())
     replica.engine.shutdown()
+
+
+def test_a_stream_with_nothing_to_say_sends_heartbeats():
+    # Every token of a request is held until its end (stream_interval_tokens): between the
+    # first token and the end, only heartbeats (empty messages) come.
+    replica = ModelReplica(load_app_config({**ARGS, "replica": {"stream_interval_tokens": 4096}}))
+    replica.batches._heartbeat_s = 0.02
+    params = SamplingParams(max_tokens=300, temperature=0, ignore_eos=True)
+    requests = batch(params, PROMPTS[:1])
+    empty = 0
+
+    async def run():
+        nonlocal empty
+        tokens = []
+        async for message in replica.generate_batch(requests):
+            empty += not message.chunks
+            tokens += [
+                t for tagged in message.chunks if tagged.chunk for t in tagged.chunk.token_ids
+            ]
+        return tokens
+
+    tokens = asyncio.run(run())
+    assert tokens == expected_tokens(params)[0]
+    assert empty >= 2
+    replica.engine.shutdown()
