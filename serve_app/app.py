@@ -55,12 +55,15 @@ def token_source(config: AppConfig, replica: Application) -> Application:
 
 # Serve's throughput preset, set in the environment of every replica of the app: user code
 # and handle routers on the replica's own event loop, Serve's gRPC transport between
-# deployments, the GC frozen after start-up, buffered request-path logs (the measured
-# serving-path levers: bench/README.md, `serve_levers`). Its direct ingress stays off: that
-# moves HTTP from Serve's proxy port to ports of the ingress replicas.
+# deployments, the GC frozen after start-up (the measured serving-path levers:
+# bench/README.md, `serve_levers`). Three of its parts stay as Serve's defaults: direct
+# ingress (it moves HTTP from Serve's proxy port to ports of the ingress replicas), and
+# logging: replica logs reach stderr and their files at once, not in batches of 1000.
 THROUGHPUT_PRESET_ENV = {
     "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
     "RAY_SERVE_ENABLE_DIRECT_INGRESS": "0",
+    "RAY_SERVE_LOG_TO_STDERR": "1",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1",
 }
 # The model replica's OpenMP threads sleep between parallel regions instead of spinning on
 # the cores its own event loop and the other deployments need.
