@@ -230,8 +230,7 @@ class AsyncEngine:
                 self._last_progress = time.monotonic()
         except BaseException as error:  # every failure must reach the callers
             self._error = error
-            dead = EngineDeadError(f"the engine loop failed: {error!r}")
-            self._deliver_to_all(lambda request_id: RequestFailure(request_id, dead))
+            self._fail_all(EngineDeadError(f"the engine loop failed: {error!r}"))
 
     def _deliver(self, outputs: list[RequestOutput]) -> None:
         """One push per sink per step, however many of its requests produced a token."""
@@ -249,10 +248,10 @@ class AsyncEngine:
         for sink, items in by_sink.items():
             sink.push(items)
 
-    def _deliver_to_all(self, item_for: Callable[[str], SinkItem]) -> None:
+    def _fail_all(self, error: BaseException) -> None:
         by_sink: dict[Mailbox, list[SinkItem]] = {}
         for request_id, sink in list(self._sinks.items()):
-            by_sink.setdefault(sink, []).append(item_for(request_id))
+            by_sink.setdefault(sink, []).append(RequestFailure(request_id, error))
         self._sinks.clear()
         for sink, items in by_sink.items():
             sink.push(items)
