@@ -56,9 +56,15 @@ def serving_cpu_ms(system: SystemResult, offline: SystemResult) -> float:
     """CPU ms per output token of everything but the engine's own compute: ingress, batcher,
     proxy, and the replica's CPU beyond the in-process engine process's."""
     cpu = system.cpu_ms_per_token
+    return sum(cpu.get(role, 0.0) for role in SERVING_ROLES) + replica_beyond_engine_ms(
+        system, offline
+    )
+
+
+def replica_beyond_engine_ms(system: SystemResult, offline: SystemResult) -> float:
+    """The replica's CPU ms per output token beyond the in-process engine process's."""
     engine_ms = offline.cpu_ms_per_token.get("this process", math.nan)
-    beyond_engine = max(0.0, cpu.get("replica", math.nan) - engine_ms)
-    return sum(cpu.get(role, 0.0) for role in SERVING_ROLES) + beyond_engine
+    return max(0.0, system.cpu_ms_per_token.get("replica", math.nan) - engine_ms)
 
 
 def target_checks(
@@ -156,6 +162,9 @@ def summary(model: str, offline: SystemResult, batcher: SystemResult, direct: Sy
             "failed": system.saturation.num_errors + system.single.num_errors,
             "cpu_ms_per_token": dict(system.cpu_ms_per_token),
             "serving_cpu_ms": None if system is offline else serving_cpu_ms(system, offline),
+            "replica_beyond_engine_ms": (
+                None if system is offline else replica_beyond_engine_ms(system, offline)
+            ),
         }
 
     return {

@@ -78,7 +78,6 @@ def row(name: str, result: dict) -> str:
     offline = result["systems"][OFFLINE]
     graph = result["systems"][GRAPH_BATCHER]
     cpu = graph["cpu_ms_per_token"]
-    beyond = max(0.0, cpu.get("replica", 0.0) - offline["cpu_ms_per_token"]["this process"])
     cells = [
         name,
         result["model"],
@@ -86,7 +85,7 @@ def row(name: str, result: dict) -> str:
         f"{graph['share']:.1%}",
         f"{graph['w_ttft_p50_ms'] / offline['w_ttft_p50_ms']:.2f}x",
         f"{graph['serving_cpu_ms']:.2f}",
-        f"{beyond:.2f}",
+        f"{graph['replica_beyond_engine_ms']:.2f}",
         f"{cpu.get('ingress', 0.0):.2f}",
         f"{cpu.get('batcher', 0.0):.2f}",
         f"{cpu.get('proxy', 0.0):.2f}",

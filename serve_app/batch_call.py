@@ -20,10 +20,12 @@ import contextvars
 import time
 from collections.abc import Callable
 
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import DeploymentUnavailableError
 
 from serve_app.abort_channel import AbortSender
-from serve_app.messages import BatchRequest, TaggedChunk
+from serve_app.engine.async_engine import EngineDeadError
+from serve_app.messages import BatchRequest, ReplicaDrainingError, TaggedChunk
 
 
 class BatchAbortedError(RuntimeError):
@@ -37,6 +39,19 @@ class BatchStreamEndedError(RuntimeError):
 class BatchStreamSilentError(RuntimeError):
     """A batch stream sent nothing, not even a heartbeat, for too long: its server is gone
     without a trace (a vanished node: no connection reset reaches a gRPC stream) or hung."""
+
+
+# What a batch call fails with when its server is gone, dead or draining (not the request's
+# fault): the batcher resumes such requests elsewhere (serve_app/batcher/failover.py), and
+# what reaches a client is 503 + Retry-After (serve_app/ingress/downstream_errors.py).
+REPLICA_GONE = (
+    RayActorError,  # the replica actor died or is unreachable (ActorDiedError, ...)
+    EngineDeadError,  # its engine loop stopped
+    ReplicaDrainingError,  # its node is being drained: it handed the request back
+    BatchStreamEndedError,  # its stream ended before the requests did
+    BatchStreamSilentError,  # its stream went silent: a node gone without a trace, or hung
+    DeploymentUnavailableError,  # no replica at the moment
+)
 
 
 class BatchCall:

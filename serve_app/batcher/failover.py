@@ -12,22 +12,15 @@ from __future__ import annotations
 
 import random
 
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.exceptions import BackPressureError
 
-from serve_app.batch_call import BatchStreamEndedError, BatchStreamSilentError
-from serve_app.engine.async_engine import EngineDeadError
+from serve_app.batch_call import REPLICA_GONE, BatchStreamEndedError
 from serve_app.engine.parallel.executor import TensorParallelError
 from serve_app.messages import ReplicaDrainingError
 
 REPLICA_FAILURES = (
-    RayActorError,  # the replica actor died or is unreachable (ActorDiedError, ...)
-    EngineDeadError,  # its engine loop stopped
+    *REPLICA_GONE,
     TensorParallelError,  # one of its tensor-parallel ranks died
-    ReplicaDrainingError,  # its node is being drained: it handed the request back
-    BatchStreamEndedError,  # its stream ended before the requests did
-    BatchStreamSilentError,  # its stream went silent: a node gone without a trace, or hung
-    DeploymentUnavailableError,  # no replica at the moment
     BackPressureError,  # every replica's queue is full right now
 )
 

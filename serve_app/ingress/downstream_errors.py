@@ -6,24 +6,10 @@ from __future__ import annotations
 
 import logging
 
-from ray.exceptions import RayActorError
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.exceptions import BackPressureError
 
-from serve_app.batch_call import BatchStreamEndedError, BatchStreamSilentError
-from serve_app.engine.async_engine import EngineDeadError
+from serve_app.batch_call import REPLICA_GONE
 from serve_app.ingress.errors import APIError, overloaded
-from serve_app.messages import ReplicaDrainingError
-
-# A replica that is gone, dead or draining (after the batcher's failover attempts, or with
-# the batcher off): the client may retry elsewhere.
-UNAVAILABLE = (
-    EngineDeadError,
-    RayActorError,
-    DeploymentUnavailableError,
-    ReplicaDrainingError,
-    BatchStreamEndedError,
-    BatchStreamSilentError,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +18,7 @@ def to_api_error(error: BaseException, retry_after_s: int) -> APIError:
     cause = getattr(error, "cause", None) or error  # RayTaskError wraps the replica's error
     if isinstance(error, BackPressureError) or isinstance(cause, BackPressureError):
         return overloaded(retry_after_s, "the server is overloaded; retry after a moment")
-    if isinstance(cause, UNAVAILABLE):
+    if isinstance(cause, REPLICA_GONE):  # after failover, or with the batcher off
         return APIError(
             503,
             f"the model replica is unavailable: {cause}",

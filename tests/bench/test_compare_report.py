@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bench.compare_report import (
@@ -116,3 +118,15 @@ def test_serve_compare_app_config_matches_the_offline_engine(batcher: bool) -> N
     defaults = load_app_config({"model": "bench"})
     assert (config.admission, config.ingress) == (defaults.admission, defaults.ingress)
     assert config.admission_bound >= args.concurrency  # W fits the default config
+
+
+def test_a_lever_row_reads_the_summary_serve_compare_writes() -> None:
+    from bench.compare_report import summary
+    from bench.serve_levers import row
+
+    graph = system(GRAPH_BATCHER, 380.0, 0.01, cpu=GOOD_CPU)
+    direct = system(GRAPH_DIRECT, 390.0, 0.01, cpu=GOOD_CPU)
+    result = json.loads(json.dumps(summary("tiny", offline(), graph, direct)))  # as on disk
+    cells = [cell.strip() for cell in row("grpc", result).strip("|").split("|")]
+    assert cells[:4] == ["grpc", "tiny", "380", "95.0%"]
+    assert cells[5:7] == ["0.27", "0.10"]  # serving CPU, the replica beyond the engine
