@@ -1,6 +1,6 @@
 """How many decodes the CPU attention path should attend per SDPA call.
 
-`kernels/reference.py` attends a batch's decodes (ordered by context length) in groups of
+`serve_kernels/reference.py` attends a batch's decodes (ordered by context length) in groups of
 `DECODE_GROUP_SIZE`, each padded to its own longest context. Smaller groups pad less but
 make more calls. This times one layer's `paged_attention` over a decode batch with random
 context lengths and a shuffled paged cache, for several group sizes, interleaved and
@@ -15,9 +15,9 @@ import argparse
 import statistics
 import time
 
+import serve_kernels.reference as reference
 import torch
 
-import kernels.reference as reference
 from bench.decode_batch import add_decode_batch_arguments, make_decode_batch
 
 

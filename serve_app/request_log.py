@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from serve_app.config import RequestLogSettings
@@ -152,7 +152,7 @@ class RequestLog:
 
     def line(self, trace: RequestTrace) -> str:
         record = {
-            "time": datetime.fromtimestamp(trace.started_at, timezone.utc).isoformat(),
+            "time": datetime.fromtimestamp(trace.started_at, UTC).isoformat(),
             "request_id": trace.request_id,
             "response_id": trace.response_id,
             "idempotency_key": trace.idempotency_key,

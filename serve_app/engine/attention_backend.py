@@ -1,7 +1,7 @@
 """The one place that chooses the attention backend and builds it; the model's attention
-layers receive it (layers/attention.py). `torch` runs the references in kernels/reference.py
+layers receive it (layers/attention.py). `torch` runs the references in serve_kernels/reference.py
 (the oracle, and the CPU fallback); `cpu` the native C kernel for decodes and prefill chunks
-alike (kernels/cpu_paged_attention.py, built on first use with the machine's C compiler);
+alike (serve_kernels/cpu_paged_attention.py, built on first use with the machine's C compiler);
 `triton` the Triton kernels (CUDA, or CPU under TRITON_INTERPRET=1).
 """
 
@@ -39,12 +39,12 @@ def resolve_attention_backend(config: EngineConfig, device: torch.device) -> str
 def make_attention_backend(name: str) -> AttentionBackend:
     """`name` is already resolved from `auto` (resolve_attention_backend)."""
     if name == "torch":
-        from kernels.torch_backend import TorchAttentionBackend
+        from serve_kernels.torch_backend import TorchAttentionBackend
 
         return TorchAttentionBackend()
     if name == "cpu":
-        from kernels.cpu_backend import CpuAttentionBackend
-        from kernels.native_build import NativeBuildError
+        from serve_kernels.cpu_backend import CpuAttentionBackend
+        from serve_kernels.native_build import NativeBuildError
 
         try:
             return CpuAttentionBackend(kernel_cache_dir())
@@ -54,7 +54,7 @@ def make_attention_backend(name: str) -> AttentionBackend:
                 f"({error}); use attention_backend='torch' or 'auto'"
             ) from error
     if name == "triton":
-        from kernels.triton_backend import TritonAttentionBackend
+        from serve_kernels.triton_backend import TritonAttentionBackend
 
         return TritonAttentionBackend()
     raise ValueError(f"attention_backend must be 'torch', 'cpu' or 'triton', got {name!r}")
@@ -73,8 +73,8 @@ def cpu_kernel_unavailable_reason() -> str | None:
 
 @cache
 def _cpu_kernel_unavailable_reason(cache_dir: Path) -> str | None:
-    from kernels.cpu_paged_attention import load_cpu_paged_attention
-    from kernels.native_build import NativeBuildError
+    from serve_kernels.cpu_paged_attention import load_cpu_paged_attention
+    from serve_kernels.native_build import NativeBuildError
 
     try:
         load_cpu_paged_attention(cache_dir)

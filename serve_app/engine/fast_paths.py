@@ -4,7 +4,8 @@ mention them (the pattern of gpt-fast's quantize.py, which swaps modules after l
 Unless `EngineConfig.cpu_fast_paths` is false:
 - float32 projection weights on CPU are packed once for oneDNN (layers/packed_linear.py;
   `cpu_packed_weights`), and their GEMM kernels built at start-up (`cpu_gemm_warmup`);
-- with the `cpu` attention backend, the native elementwise kernels (kernels/cpu_elementwise.py)
+- with the `cpu` attention backend, the native elementwise kernels
+  (serve_kernels/cpu_elementwise.py)
   take over RMSNorm with its residual add, SiLU-and-mul, the rotary embedding fused with the
   K/V cache write, and the sampler's argmax. Each native module is the plain one with its
   `forward` (or `attend`) replaced, falling back to the plain one on inputs its kernel does
@@ -19,10 +20,10 @@ import time
 from dataclasses import dataclass
 
 import torch
+from serve_kernels.cpu_elementwise import CpuElementwise, load_cpu_elementwise
+from serve_kernels.native_build import NativeBuildError
 from torch import nn
 
-from kernels.cpu_elementwise import CpuElementwise, load_cpu_elementwise
-from kernels.native_build import NativeBuildError
 from serve_app.engine.attention_backend import kernel_cache_dir
 from serve_app.engine.attention_metadata import AttentionMetadata
 from serve_app.engine.config import EngineConfig

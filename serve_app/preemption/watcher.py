@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter
@@ -27,7 +27,7 @@ POLL_OUTCOMES = ("no_notice", "notice", "error")
 DRAIN_RESULTS = ("accepted", "rejected", "error")
 
 
-class Decision(str, Enum):
+class Decision(StrEnum):
     NO_NOTICE = "no_notice"
     DRAINED = "drained"
     DRAIN_FAILED = "drain_failed"

@@ -39,7 +39,7 @@ SKIPPED = {
     "tests/serve_app/test_tp_deployments.py checks dev-tp2.yaml",
     "gpu-tp2.yaml": "GPU cluster only",
     ".venv/bin/pytest": "runs test suites that `make test` runs",
-    "bench/kernels.py": "GPU only (it skips on CPU)",
+    "bench.attention_kernels": "GPU only (it skips on CPU)",
     "ray up cluster/": "needs a cloud account; tests/cluster validates every cluster YAML with "
     "Ray's schema and runs the fake multi-node autoscaler",
     "serve_app.preemption --provider aws": "needs a cloud metadata server on a Ray worker "

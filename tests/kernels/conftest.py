@@ -13,8 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-
-from kernels import reference  # pure torch: importing it never decorates a kernel
+from serve_kernels import reference  # pure torch: importing it never decorates a kernel
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -55,7 +54,7 @@ class PagedBatch:
     # Kernels are imported inside the methods: after TRITON_INTERPRET is set above.
     def decode(self, **options) -> torch.Tensor:
         """The decode kernel (every sequence has one new token) into a poisoned out."""
-        from kernels.decode_attention import paged_decode_attention
+        from serve_kernels.decode_attention import paged_decode_attention
 
         out = self.poisoned_out()
         returned = paged_decode_attention(
@@ -74,7 +73,7 @@ class PagedBatch:
 
     def prefill(self, **options) -> torch.Tensor:
         """The prefill/extend kernel over every sequence into a poisoned out."""
-        from kernels.prefill_attention import paged_prefill_attention
+        from serve_kernels.prefill_attention import paged_prefill_attention
 
         out = self.poisoned_out()
         paged_prefill_attention(
@@ -93,7 +92,7 @@ class PagedBatch:
 
     def mixed(self, num_decode_seqs: int, **options) -> torch.Tensor:
         """kernels.paged_attention (decodes first, then chunks) into a poisoned out."""
-        from kernels.paged_attention import paged_attention
+        from serve_kernels.paged_attention import paged_attention
 
         out = self.poisoned_out()
         paged_attention(

@@ -1,4 +1,4 @@
-"""The native CPU elementwise kernels (kernels/cpu_elementwise.py) against the torch ops they
+"""The native CPU elementwise kernels (serve_kernels/cpu_elementwise.py) against the torch ops they
 replace: the residual add fused with RMSNorm (in place into the residual) and SiLU-and-mul,
 on widths with and without a vector tail, large magnitudes, several thread counts; each on
 the AVX-512 build and on the portable one (`native_build_flags`)."""
@@ -8,9 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
-from kernels.cpu_elementwise import CpuElementwise
-from kernels.native_build import PARALLEL_GRAIN
+from serve_kernels.cpu_elementwise import CpuElementwise
+from serve_kernels.native_build import PARALLEL_GRAIN
 
 TOLERANCE = 1e-6  # ‖out − ref‖ / ‖ref‖, float32
 
@@ -88,7 +87,8 @@ def test_supports_only_contiguous_float32_cpu(kernels):
 def test_rotary_store_kv_matches_torch(kernels, num_heads, num_kv_heads, head_dim):
     """Queries rotated exactly as RotaryEmbedding.rotate (the same float operations), keys
     rotated and values copied into their (shuffled) cache slots; other slots untouched."""
-    from kernels import reference
+    from serve_kernels import reference
+
     from serve_app.engine.layers.rotary import RotaryEmbedding
 
     generator = torch.Generator().manual_seed(head_dim)

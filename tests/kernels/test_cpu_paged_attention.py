@@ -1,4 +1,4 @@
-"""The native CPU attention kernel (kernels/cpu_paged_attention.py) against the references:
+"""The native CPU attention kernel (serve_kernels/cpu_paged_attention.py) against the references:
 decodes (ragged lengths, shuffled strided block tables, GQA ratios, head sizes on both of
 its paths, block sizes above its 16-token tile, thread counts), and the `cpu` backend on
 batches of decodes and prefill chunks (fresh prompts and chunks after a cached prefix); each
@@ -14,11 +14,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
-from kernels import reference
-from kernels.cpu_backend import CpuAttentionBackend
-from kernels.cpu_paged_attention import CpuPagedAttention
-from kernels.native_build import NativeBuildError, load_native_library
+from serve_kernels import reference
+from serve_kernels.cpu_backend import CpuAttentionBackend
+from serve_kernels.cpu_paged_attention import CpuPagedAttention
+from serve_kernels.native_build import NativeBuildError, load_native_library
 
 # Length 1, mid-block, exactly one block, one past a block, several blocks ending mid-tile.
 CONTEXT_LENS = [1, 6, 16, 17, 45, 130]

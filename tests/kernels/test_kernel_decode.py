@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from kernels.decode_attention import paged_decode_attention
-from kernels.tiling import DecodeTiles, padded_head_dim
-from kernels.validation import KernelInputError
+from serve_kernels.decode_attention import paged_decode_attention
+from serve_kernels.tiling import DecodeTiles, padded_head_dim
+from serve_kernels.validation import KernelInputError
 
 # Length 1, mid-block, exactly one block, one past a block, several blocks ending mid-block.
 CONTEXT_LENS = [1, 6, 16, 17, 45]

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from kernels.tiling import DecodeTiles, PrefillTiles, decode_tiles, prefill_tiles
-from kernels.validation import KernelInputError, check_runnable
+from serve_kernels.tiling import DecodeTiles, PrefillTiles, decode_tiles, prefill_tiles
+from serve_kernels.validation import KernelInputError, check_runnable
 
 
 def test_compiled_kernels_refuse_cpu_tensors():

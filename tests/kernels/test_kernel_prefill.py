@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from kernels.tiling import PrefillTiles
+from serve_kernels.tiling import PrefillTiles
 
 # (context_len, new tokens): full prefill, chunk after a cached prefix (prefix-cache hit or
 # earlier chunk), a one-token chunk, a chunk that ends exactly on a block boundary.

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from kernels import reference
+from serve_kernels import reference
 
 
 def contiguous_kv(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:

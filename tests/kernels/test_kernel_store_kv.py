@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from kernels import reference
-from kernels.store_kv import store_kv
-from kernels.validation import KernelInputError
+from serve_kernels import reference
+from serve_kernels.store_kv import store_kv
+from serve_kernels.validation import KernelInputError
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])

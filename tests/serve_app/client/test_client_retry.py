@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import statistics
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
@@ -120,7 +120,7 @@ def test_policy_errors_name_the_field():
 
 
 def test_retry_after_values():
-    now = datetime(2026, 12, 1, 12, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
     assert parse_retry_after("2", now) == 2
     assert parse_retry_after(" 1.5 ", now) == 1.5
     assert parse_retry_after(format_datetime(now + timedelta(seconds=7), usegmt=True), now) == 7

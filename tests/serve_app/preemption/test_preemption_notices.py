@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -63,7 +63,7 @@ def test_aws_notice_is_parsed_into_its_termination_time(metadata, http):
     notice = aws_source(metadata, http, FakeClock()).poll()
     assert notice is not None
     assert notice.action == "terminate" and notice.source == "aws"
-    expected = datetime(2027, 1, 15, 8, 22, tzinfo=timezone.utc).timestamp()
+    expected = datetime(2027, 1, 15, 8, 22, tzinfo=UTC).timestamp()
     assert notice.terminates_at == expected
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -97,7 +97,7 @@ def test_watcher_drains_its_node_on_an_aws_spot_notice(cluster):
             assert node_states(cluster.address)[worker.node_id].state == gcs_pb2.GcsNodeInfo.ALIVE
 
             terminates_at = time.time() + NOTICE_S
-            stamp = datetime.fromtimestamp(terminates_at, timezone.utc)
+            stamp = datetime.fromtimestamp(terminates_at, UTC)
             metadata.state.aws_notice = {
                 "action": "terminate",
                 "time": stamp.strftime("%Y-%m-%dT%H:%M:%SZ"),

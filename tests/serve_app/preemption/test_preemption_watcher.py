@@ -4,7 +4,7 @@ margin before the notice's end; failures are counted and retried; metrics and lo
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -147,5 +147,5 @@ def test_an_aws_notice_served_over_http_becomes_a_drain_deadline_before_its_time
         assert watcher.poll_once() is Decision.NO_NOTICE
         metadata.state.aws_notice = {"action": "terminate", "time": "2027-01-15T08:22:00Z"}
         assert watcher.poll_once() is Decision.DRAINED
-    termination = datetime(2027, 1, 15, 8, 22, tzinfo=timezone.utc).timestamp()
+    termination = datetime(2027, 1, 15, 8, 22, tzinfo=UTC).timestamp()
     assert drainer.calls[0][0] == termination - 15

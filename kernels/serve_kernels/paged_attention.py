@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from kernels.decode_attention import paged_decode_attention
-from kernels.prefill_attention import paged_prefill_attention
-from kernels.validation import check_out, require
+from serve_kernels.decode_attention import paged_decode_attention
+from serve_kernels.prefill_attention import paged_prefill_attention
+from serve_kernels.validation import check_out, require
 
 
 def paged_attention(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from kernels.validation import KernelInputError, require
+from serve_kernels.validation import KernelInputError, require
 
 MIN_DOT = 16
 # Below this many cached tokens per split, splitting a decode costs more than it gains.

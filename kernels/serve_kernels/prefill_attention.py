@@ -18,9 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention_tile import attend_kv_tile
-from kernels.tiling import PrefillTiles, check_tiles, dot_precision, prefill_tiles
-from kernels.validation import (
+from serve_kernels.attention_tile import attend_kv_tile
+from serve_kernels.tiling import PrefillTiles, check_tiles, dot_precision, prefill_tiles
+from serve_kernels.validation import (
     check_index,
     check_out,
     check_paged_cache,

@@ -1,4 +1,4 @@
-"""Launcher of the native CPU elementwise kernels (kernels/csrc/cpu_elementwise.c): the
+"""Launcher of the native CPU elementwise kernels (serve_kernels/csrc/cpu_elementwise.c): the
 residual add fused with RMSNorm, SiLU-and-mul, the rotary embedding of q and k fused with
 the K/V cache write, and a row-wise argmax for the sampler; float32, one pass each over
 contiguous rows. serve_app/engine/fast_paths.py swaps them into a loaded model in place of
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from kernels.native_build import load_native_library, threads_for
+from serve_kernels.native_build import load_native_library, threads_for
 
 
 class CpuElementwise:

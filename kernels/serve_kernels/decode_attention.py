@@ -18,15 +18,15 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.attention_tile import attend_kv_tile
-from kernels.tiling import (
+from serve_kernels.attention_tile import attend_kv_tile
+from serve_kernels.tiling import (
     DecodeTiles,
     check_tiles,
     decode_num_splits,
     decode_tiles,
     dot_precision,
 )
-from kernels.validation import (
+from serve_kernels.validation import (
     check_index,
     check_out,
     check_paged_cache,

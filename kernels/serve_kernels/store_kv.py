@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.validation import (
+from serve_kernels.validation import (
     check_index,
     check_paged_cache,
     check_runnable,

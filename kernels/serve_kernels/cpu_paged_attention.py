@@ -1,4 +1,4 @@
-"""Launcher of the native CPU paged attention (kernels/csrc/cpu_paged_attention.c): each query
+"""Launcher of the native CPU paged attention (serve_kernels/csrc/cpu_paged_attention.c): each query
 token over its sequence's cached context, float32, reading K/V blocks in place.
 
 Each token names its sequence (block-table row) and how many cached tokens it sees (its
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from kernels.native_build import NativeBuildError, load_native_library, threads_for
+from serve_kernels.native_build import NativeBuildError, load_native_library, threads_for
 
 MAX_GROUP = 16  # query heads per KV head; the C source's MAX_GROUP
 MAX_HEAD_DIM = 256  # the C source's MAX_HEAD_DIM

@@ -13,8 +13,8 @@ from typing import Protocol
 import torch
 
 try:
-    from kernels.paged_attention import paged_attention
-    from kernels.store_kv import store_kv
+    from serve_kernels.paged_attention import paged_attention
+    from serve_kernels.store_kv import store_kv
 except ImportError as error:  # pragma: no cover - triton ships with Linux torch wheels
     raise ImportError(
         "attention_backend='triton' needs the `triton` package (Linux + CUDA, or "

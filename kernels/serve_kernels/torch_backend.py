@@ -1,10 +1,10 @@
-"""The engine's `torch` attention backend: the references of kernels/reference.py behind the
+"""The engine's `torch` attention backend: the references of serve_kernels/reference.py behind the
 AttentionBackend interface of serve_app/engine/layers/attention.py (the oracle, and the
 fallback where no other backend runs)."""
 
 from __future__ import annotations
 
-from kernels import reference
+from serve_kernels import reference
 
 
 class TorchAttentionBackend:

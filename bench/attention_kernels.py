@@ -1,12 +1,12 @@
 """Paged-attention kernels on a CUDA GPU: the Triton decode and prefill kernels against the
-torch reference (kernels/reference.py) and `scaled_dot_product_attention` on contiguous KV.
+torch reference (serve_kernels/reference.py) and `scaled_dot_product_attention` on contiguous KV.
 
 Decode reads the whole KV cache once per step and does little arithmetic, so its roofline
 is memory bandwidth: each decode row shows the bytes it must move over its time, next to
 this device's copy bandwidth measured in the same run. Prefill rows show TFLOP/s.
 Without CUDA it prints why it skipped and exits 0.
 
-    .venv/bin/python bench/kernels.py [--dtype bfloat16] [--quick] [--plot out.png]
+    .venv/bin/python -m bench.attention_kernels [--dtype bfloat16] [--quick] [--plot out.png]
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def contiguous_kv(cache: torch.Tensor, tables: torch.Tensor, context: int) -> to
 
 
 def bench_decode(batch: int, context: int, dtype: torch.dtype, device: torch.device) -> Row:
-    from kernels import reference
-    from kernels.decode_attention import paged_decode_attention
+    from serve_kernels import reference
+    from serve_kernels.decode_attention import paged_decode_attention
 
     k_cache, v_cache, tables = paged_cache(batch, context, dtype, device)
     lens = torch.full((batch,), context, dtype=torch.int32, device=device)
@@ -91,8 +91,8 @@ def bench_decode(batch: int, context: int, dtype: torch.dtype, device: torch.dev
 
 
 def bench_prefill(batch: int, prompt: int, dtype: torch.dtype, device: torch.device) -> Row:
-    from kernels import reference
-    from kernels.prefill_attention import paged_prefill_attention
+    from serve_kernels import reference
+    from serve_kernels.prefill_attention import paged_prefill_attention
 
     k_cache, v_cache, tables = paged_cache(batch, prompt, dtype, device)
     lens = torch.full((batch,), prompt, dtype=torch.int32, device=device)
@@ -167,7 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, help="save a decode bandwidth plot here")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        print("bench/kernels.py: skipped: no CUDA GPU here (the Triton kernels compile for CUDA)")
+        print(
+            "bench.attention_kernels: skipped: no CUDA GPU here "
+            "(the Triton kernels compile for CUDA)"
+        )
         return 0
     device, dtype = torch.device("cuda"), DTYPES[args.dtype]
     decode_batches, contexts = (
@@ -185,9 +188,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # As a script, this file's folder comes first on sys.path and its name would shadow the
-    # `kernels` package (imported lazily above); put the repository root there instead.
-    bench_dir = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != bench_dir]
-    sys.path.insert(0, str(bench_dir.parent))
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""Compiles a C kernel source from kernels/csrc/ into a shared library on first use, caches it
+"""Compiles a C kernel source from serve_kernels/csrc/ into a shared library on first use, caches it
 by content, and loads it with ctypes.
 
 The library is built for this machine's CPU (`-march=native`) with OpenMP. It links
@@ -59,7 +59,7 @@ def compiler() -> str:
 def load_native_library(
     name: str, cache_dir: Path, extra_flags: tuple[str, ...] = ()
 ) -> NativeLibrary:
-    """Build (once per content) and load kernels/csrc/<name>.c; raises NativeBuildError.
+    """Build (once per content) and load serve_kernels/csrc/<name>.c; raises NativeBuildError.
 
     `extra_flags` go after the standard ones (tests build the portable paths with
     `-mno-avx512f` on a machine that has AVX-512)."""

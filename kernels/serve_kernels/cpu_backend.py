@@ -1,5 +1,5 @@
 """The engine's `cpu` attention backend: every query token attends through the native kernel
-(kernels/cpu_paged_attention.py), which reads the paged cache in place, decodes and prefill
+(serve_kernels/cpu_paged_attention.py), which reads the paged cache in place, decodes and prefill
 chunks alike in one call per layer (`python -m bench.cpu_attention` measures it against the
 reference; bench/README.md, "Numbers behind the engine's code comments"); KV writes go
 through the torch reference (or the fused rotary + KV-write kernel of engine/fast_paths.py).
@@ -14,8 +14,8 @@ from typing import Protocol
 
 import torch
 
-from kernels import reference
-from kernels.cpu_paged_attention import CpuPagedAttention, load_cpu_paged_attention
+from serve_kernels import reference
+from serve_kernels.cpu_paged_attention import CpuPagedAttention, load_cpu_paged_attention
 
 
 class CpuAttentionInputs(Protocol):
