@@ -4,8 +4,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# uv installs the lock (pip-compatible lock format, hashes checked; ~3x faster than pip
-# here: README "Set-up"). The Makefile installs it into .venv with the Python it found.
+# uv installs the lock (pip-compatible lock format, hashes checked; faster than pip:
+# README "Set-up"), with bytecode compiled at install as pip does (imports start faster).
+# The Makefile installs uv into .venv with the Python it found.
 UV_VERSION := 0.13.10
 UV := $(BIN)/uv
 # The lock of tested versions: `uv pip compile` output with hashes, for CPython 3.11 on
@@ -18,7 +19,7 @@ TORCH_VERSION := 2.13.0
 # CUDA build under torch's plain version.
 TORCH_CPU_SOURCE ?= $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),--extra-index-url https://download.pytorch.org/whl/cpu)
 TORCH_CPU_ONLY ?= $(if $(PIP_FIND_LINKS),--no-index --find-links $(PIP_FIND_LINKS),--index-url https://download.pytorch.org/whl/cpu)
-UV_ENV := UV_PYTHON=$(BIN)/python UV_NO_PROGRESS=1
+UV_ENV := UV_PYTHON=$(BIN)/python UV_NO_PROGRESS=1 UV_COMPILE_BYTECODE=1
 PYTEST_ARGS ?=
 ARGS ?=
 # glibc's malloc in transparent huge pages for the serving and bench processes (read at

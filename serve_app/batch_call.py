@@ -24,7 +24,7 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.exceptions import DeploymentUnavailableError
 
 from serve_app.abort_channel import AbortSender
-from serve_app.engine.async_engine import EngineDeadError
+from serve_app.engine.errors import EngineDeadError
 from serve_app.messages import BatchRequest, ReplicaDrainingError, TaggedChunk
 
 
@@ -85,6 +85,12 @@ class BatchCall:
             self._run(), context=contextvars.Context()
         )
         return self.task
+
+    @property
+    def abort_channel(self) -> str | None:
+        """The AbortChannel the server named in its first message (None before it): the
+        channel is the serving replica's own actor, so it also says which replica this is."""
+        return self._abort_channel
 
     def leave(self, request_id: str) -> None:
         """The caller of `request_id` left before its end: stop the work done for it."""

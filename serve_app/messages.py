@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from serve_app.engine.async_engine import EngineRequest
+from serve_app.engine.mailbox import EngineRequest
 from serve_app.engine.sequence import TokenLogprobs
 
 

@@ -41,7 +41,7 @@ from serve_app.batcher.failover import backoff_s, is_drain, is_replica_failure
 from serve_app.batcher.policy import AdaptiveBatchPolicy, BatchPolicyConfig
 from serve_app.batcher.request_state import RequestState
 from serve_app.config import AppConfig
-from serve_app.engine.async_engine import Mailbox
+from serve_app.engine.mailbox import Mailbox
 from serve_app.messages import BatchMessage, BatchRequest, TaggedChunk
 from serve_app.metrics import BatcherMetrics
 

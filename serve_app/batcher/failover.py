@@ -15,7 +15,7 @@ import random
 from ray.serve.exceptions import BackPressureError
 
 from serve_app.batch_call import REPLICA_GONE, BatchStreamEndedError
-from serve_app.engine.parallel.executor import TensorParallelError
+from serve_app.engine.errors import TensorParallelError
 from serve_app.messages import ReplicaDrainingError
 
 REPLICA_FAILURES = (

@@ -18,7 +18,7 @@ from typing import Protocol
 
 from serve_app.abort_channel import AbortSender
 from serve_app.batch_call import BatchAbortedError, BatchCall
-from serve_app.engine.async_engine import Mailbox
+from serve_app.engine.mailbox import Mailbox
 from serve_app.engine.sampling_params import SamplingParams
 from serve_app.messages import BatchRequest, TaggedChunk, TokenChunk
 

@@ -26,7 +26,8 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 
-from serve_app.engine.async_engine import AsyncEngine, Mailbox, RequestFailure
+from serve_app.engine.async_engine import AsyncEngine
+from serve_app.engine.mailbox import Mailbox, RequestFailure
 from serve_app.engine.request_output import RequestOutput
 from serve_app.messages import BatchMessage, BatchRequest, TaggedChunk, TokenChunk
 from serve_app.replica.chunk_coalescer import ChunkCoalescer

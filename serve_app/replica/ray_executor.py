@@ -26,9 +26,10 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from serve_app.engine.config import EngineConfig
 from serve_app.engine.engine import LLMEngine
+from serve_app.engine.errors import TensorParallelError
 from serve_app.engine.model_input import ModelInput
 from serve_app.engine.model_path import resolve_model_dir
-from serve_app.engine.parallel.executor import TensorParallelError, TensorParallelExecutor
+from serve_app.engine.parallel.executor import TensorParallelExecutor
 from serve_app.engine.parallel.group import Rendezvous
 from serve_app.engine.parallel.worker import KVMemoryReport, TensorParallelWorker
 

@@ -7,9 +7,10 @@ import time
 
 import pytest
 
-from serve_app.engine.async_engine import AsyncEngine, EngineRequest, Mailbox
+from serve_app.engine.async_engine import AsyncEngine
 from serve_app.engine.config import EngineConfig
 from serve_app.engine.engine import LLMEngine, RequestError
+from serve_app.engine.mailbox import EngineRequest, Mailbox
 from serve_app.engine.sampling_params import SamplingParams
 
 CONFIG = EngineConfig(model="tiny", kv_cache_memory_bytes=32 << 20, max_model_len=512)

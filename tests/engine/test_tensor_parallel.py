@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from serve_app.engine.async_engine import AsyncEngine, EngineDeadError
+from serve_app.engine.async_engine import AsyncEngine
 from serve_app.engine.config import ConfigError, EngineConfig
 from serve_app.engine.engine import LLMEngine
+from serve_app.engine.errors import EngineDeadError, TensorParallelError
 from serve_app.engine.loader import read_architecture
 from serve_app.engine.parallel.context import check_tensor_parallel_sizes
 from serve_app.engine.parallel.executor import (
     InProcessExecutor,
-    TensorParallelError,
     make_executor,
     plan_kv_blocks_over_ranks,
 )

@@ -6,8 +6,8 @@ from __future__ import annotations
 import prometheus_client
 
 from serve_app import metrics
-from serve_app.engine.async_engine import EngineDeadError
 from serve_app.engine.engine import EngineStats, StepTotals
+from serve_app.engine.errors import EngineDeadError
 from serve_app.ingress.downstream_errors import to_api_error
 from serve_app.ingress.errors import overloaded
 from serve_app.preemption.watcher import WatcherMetrics

@@ -12,7 +12,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from serve_app.app import replica_options
 from serve_app.config import AppConfig, AppConfigError, load_app_config
-from serve_app.engine.parallel.executor import TensorParallelError
+from serve_app.engine.errors import TensorParallelError
 from serve_app.replica.ray_executor import placement_group_bundles
 
 DEPLOYMENTS = Path(__file__).parents[2] / "deployments"

@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 
 from serve_app.engine.config import ConfigError, EngineConfig
+from serve_app.engine.errors import TensorParallelError
 from serve_app.engine.loader import read_architecture
 from serve_app.engine.model_input import ModelInput
 from serve_app.engine.model_runner import ModelRunner, resolve_device
@@ -45,10 +46,6 @@ class Executor(Protocol):
         """Raise if any rank is dead."""
 
     def shutdown(self) -> None: ...
-
-
-class TensorParallelError(RuntimeError):
-    """A tensor-parallel rank died or failed; the executor has shut down and cannot serve."""
 
 
 def plan_num_kv_blocks(

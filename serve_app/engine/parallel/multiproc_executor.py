@@ -22,12 +22,9 @@ import torch
 import torch.multiprocessing as mp
 
 from serve_app.engine.config import EngineConfig
+from serve_app.engine.errors import TensorParallelError
 from serve_app.engine.model_runner import resolve_device
-from serve_app.engine.parallel.executor import (
-    STARTUP_TIMEOUT_S,
-    TensorParallelError,
-    TensorParallelExecutor,
-)
+from serve_app.engine.parallel.executor import STARTUP_TIMEOUT_S, TensorParallelExecutor
 from serve_app.engine.parallel.group import Rendezvous
 from serve_app.engine.parallel.worker_process import run_worker_process
 

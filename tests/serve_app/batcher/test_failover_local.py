@@ -14,8 +14,8 @@ import pytest
 from ray.exceptions import ActorDiedError
 
 from serve_app.batcher.failover import backoff_s, is_replica_failure
-from serve_app.engine.async_engine import EngineDeadError
 from serve_app.engine.engine import LLMEngine, RequestError
+from serve_app.engine.errors import EngineDeadError
 from serve_app.engine.sampling_params import SamplingParams
 from serve_app.messages import BatchRequest
 from tests.serve_app.batcher.test_batcher_local import ENGINE_ARGS, PROMPTS, Local, LocalHandle

@@ -13,7 +13,7 @@ import yaml
 from ray.serve._private.common import DeploymentID
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
-from serve_app.engine.async_engine import EngineDeadError
+from serve_app.engine.errors import EngineDeadError
 from serve_app.ingress.errors import APIError
 from serve_app.ingress.grpc import completion_body, failure_of
 from serve_app.ingress.grpc_mapping import GrpcRequestError

@@ -10,8 +10,8 @@ from contextlib import aclosing
 import pytest
 
 from serve_app.config import load_app_config
-from serve_app.engine.async_engine import EngineDeadError
 from serve_app.engine.engine import LLMEngine
+from serve_app.engine.errors import EngineDeadError
 from serve_app.engine.sampling_params import SamplingParams
 from serve_app.messages import BatchRequest
 from serve_app.replica.deployment import ModelReplica
