@@ -140,23 +140,30 @@ def check_config_file(path: Path, cluster: ClusterResources) -> list[str]:
 
 
 def wait_for_cluster(wait_s: float) -> ClusterResources:
-    """The cluster at RAY_ADDRESS (or this machine) once its GCS port answers: `make run`
-    calls this right after starting `ray start` in the background."""
+    """The cluster at RAY_ADDRESS (or this machine) once its GCS port answers. `make run`
+    waits `wait_s` for the cluster it has just started; `make deploy` (wait_s 0) probes
+    once: `ray.init` on an address where nothing listens retries for minutes."""
     address = os.environ.get("RAY_ADDRESS")
-    if address and wait_s > 0:
+    if address and address != "auto":
         host, _, port = address.rpartition(":")
         deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                socket.create_connection((host, int(port)), timeout=2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise ConnectionError(
-                        f"no Ray cluster answers at {address} after {wait_s:.0f} s"
-                    ) from None
-                time.sleep(0.5)
+        while not _answers(host, int(port)):
+            if time.monotonic() >= deadline:
+                waited = f" after {wait_s:.0f} s" if wait_s > 0 else ""
+                raise ConnectionError(
+                    f"no Ray cluster at {address}{waited}: start `make run` first "
+                    "(or set RAY_ADDRESS / RAY_PORT to the cluster's GCS address)"
+                )
+            time.sleep(0.5)
     return current_cluster()
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        return True
+    except OSError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,8 +4,13 @@ a message that names the cause and the knob to change."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +27,7 @@ from serve_app.preflight import (
     resource_problems,
 )
 
+REPO = Path(__file__).resolve().parents[2]
 TWO_CPUS = ClusterResources(where="a 2-CPU box", nodes=[{"CPU": 2.0}])
 
 
@@ -113,3 +119,24 @@ def test_a_config_file_names_the_application_and_its_problem(tmp_path: Path):
     )
     [problem] = check_config_file(bad, TWO_CPUS)
     assert problem.startswith(f"{bad} application 'llm': model:")
+
+
+def test_make_deploy_without_a_cluster_says_start_make_run_within_10_s():
+    """Before: `make deploy` (preflight without --wait-s) went into ray.init, which retried
+    an address where nothing listens for minutes."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # free once closed: nothing listens there
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "token"}
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "serve_app.preflight", str(REPO / "deployments" / "dev.yaml")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert f"no Ray cluster at 127.0.0.1:{port}: start `make run` first" in done.stderr
+    assert time.monotonic() - started < 10
