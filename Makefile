@@ -79,7 +79,10 @@ test-latest: $(STAMP)
 
 # The cluster lives as long as `serve run` (Ctrl-C stops both): `ray start --block` in the
 # background, stopped by the trap; the preflight waits for it and checks CONFIG against it.
+# First, every port it will take must be free (a second `make run` refuses at once).
 run: $(STAMP)
+	@$(BIN)/python -m serve_app.dev_ports $(CONFIG) RAY_PORT=$(RAY_PORT) \
+	    DASHBOARD_PORT=$(DASHBOARD_PORT) METRICS_PORT=$(METRICS_PORT)
 	@$(BIN)/ray get-auth-token --generate >/dev/null
 	@trap 'kill $$ray_pid 2>/dev/null; wait $$ray_pid' EXIT; trap 'exit 130' INT TERM; \
 	$(HUGE_PAGES) $(BIN)/ray start --head --block --disable-usage-stats \

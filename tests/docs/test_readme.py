@@ -263,3 +263,25 @@ def test_make_deploy_of_a_config_that_cannot_start_fails_fast(
     assert "one model replica needs {CPU: 16.0} on one node" in done.stderr
     assert time.monotonic() - started < FAIL_FAST_S
     assert dev_cluster.serve_details()["applications"]["llm"]["status"] == "RUNNING"
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_second_make_run_refuses_at_once_and_leaves_the_first_serving(
+    dev_cluster: DevCluster,
+) -> None:
+    """Before: `ray start` failed with Ray's AssertionError, then its `serve run` deployed
+    onto the first cluster, and its Ctrl-C deleted the first terminal's app."""
+    started = time.monotonic()
+    done = dev_cluster.run(["make", "run"], timeout=60)  # the same ports, from the env
+    assert done.returncode != 0
+    assert time.monotonic() - started < 10
+    assert f"port {dev_cluster.ray_port} (RAY_PORT) is in use" in done.stderr
+    assert f"port {dev_cluster.http_port} (" in done.stderr  # the config's HTTP port too
+    assert "ray start" not in done.stdout  # refused before starting anything
+    response = httpx.post(
+        f"{dev_cluster.base_url}/v1/completions",
+        json={"model": "tiny", "prompt": "still serving", "max_tokens": 4},
+        timeout=60,
+    )
+    assert response.status_code == 200
