@@ -187,6 +187,11 @@ def autoscaling_config(config: AppConfig) -> dict[str, Any]:
         "max_replicas": max(settings.max_replicas, floor),
         "target_ongoing_requests": settings.target_ongoing_requests,
         "look_back_period_s": settings.metrics_window_s,
+        # How often replicas and handles push their load (Serve's default: 10 s, which
+        # delays every decision that long). Ray 2.60 reads only this option: the
+        # RAY_SERVE_*_AUTOSCALING_METRIC_PUSH_INTERVAL_S variables are defined but unused.
+        # Serve wants it below the look-back window.
+        "metrics_interval_s": min(2.0, settings.metrics_window_s / 6),
     }
     if settings.policy == "engine_load":
         # The policy holds its own low-load period; Serve's delays would only add to it.

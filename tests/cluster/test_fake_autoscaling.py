@@ -28,17 +28,26 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(600)]
 DEPLOYMENT_YAML = Path(__file__).parents[2] / "deployments" / "local-fake.yaml"
 LABEL = "serve-app/capacity"
 REPLICA_ACTOR = "ServeReplica:llm:ModelReplica"
+# Ray 2.60 itself no longer reads these (its replicas and handles push every
+# autoscaling_config.metrics_interval_s); kept for the Ray versions that do.
 SERVE_ENV = {
     "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
     "RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.5",
 }
-NODE_IDLE_TIMEOUT_S = 8
+# Short, so an emptied node goes within seconds. Safe for a node that was just launched
+# and is still empty: autoscaler v2 never idle-terminates a node that pending demand (the
+# replica it was launched for) is scheduled on, and the node's raylet refuses the drain
+# once the replica holds its GPU.
+NODE_IDLE_TIMEOUT_S = 2
+POLL_S = 0.25  # how often wait_for looks: each phase ends within a quarter second of it
 
 
 def app_args() -> dict:
     [application] = yaml.safe_load(DEPLOYMENT_YAML.read_text())["applications"]
     args = application["args"]
-    args["replica"]["autoscaling"].update(max_replicas=2, downscale_after_s=6)
+    # downscale_after_s: the idle phase waits it out; under load its clock never starts (a
+    # queue throughout: 6 streams, 4 engine slots on 2 replicas).
+    args["replica"]["autoscaling"].update(max_replicas=2, downscale_after_s=1)
     args["auth"] = {"api_keys_env": None}
     return args
 
@@ -50,6 +59,7 @@ class Load:
         self.base_url = base_url
         self.failures: list[str] = []
         self.completed = 0
+        self.started_of_completed: list[float] = []  # time.time() each completed one began
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run) for _ in range(concurrency)]
 
@@ -66,11 +76,17 @@ class Load:
     def _run(self) -> None:
         with httpx.Client(base_url=self.base_url, timeout=120) as client:
             while not self._stop.is_set():
+                started = time.time()
                 try:
                     complete(client, max_tokens=64)
                     self.completed += 1
+                    self.started_of_completed.append(started)
                 except Exception as error:
                     self.failures.append(f"{time.strftime('%H:%M:%S')} {error!r}")
+
+    def served_since(self, moment: float) -> int:
+        """Requests begun after `moment` (time.time()) that completed."""
+        return sum(started > moment for started in list(self.started_of_completed))
 
 
 def complete(client: httpx.Client, max_tokens: int) -> float:
@@ -120,7 +136,7 @@ def wait_for(what: str, check: Callable[[], bool], timeout_s: float, samples: li
     while time.monotonic() < deadline:
         if check():
             return time.time()
-        time.sleep(0.5)
+        time.sleep(POLL_S)
     raise AssertionError(f"timed out waiting for {what}; timeline: {samples[-10:]}")
 
 
@@ -151,14 +167,15 @@ def test_scale_up_preemption_and_idle_scale_down_keep_the_floor(fake_cluster, ca
         while not sampling.is_set():
             nodes = sorted(worker_nodes(ray).values())
             timeline.append((time.time() - began, running_replicas(), replica_nodes(ray), nodes))
-            time.sleep(1.0)
+            sampling.wait(1.0)  # not a sleep: the join below need not wait out the second
 
     try:
-        wait_for("the floor node", lambda: "on-demand-floor" in worker_nodes(ray).values(), 120, [])
         port = free_port()
         # As deployments/local-fake.yaml: one proxy, on the head. (Fake nodes share one IP,
         # so a proxy per node would share the port and a dying node would take requests.)
+        # Serve's controller and proxy start on the head while the floor node still boots.
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+        wait_for("the floor node", lambda: "on-demand-floor" in worker_nodes(ray).values(), 120, [])
         serve.run(build_app(app_args()), name="llm", route_prefix="/")
         assert replica_nodes(ray) == ["on-demand-floor"]
         sampler = threading.Thread(target=sample_forever, daemon=True)
@@ -189,10 +206,14 @@ def test_scale_up_preemption_and_idle_scale_down_keep_the_floor(fake_cluster, ca
                 150,
                 timeline,
             )
-            # The cloud takes the node (the autoscaler may already have: over max_workers).
+            # The cloud takes the node (often gone already: a drained raylet exits once its
+            # last replica has stopped, and the autoscaler then terminates the instance).
             fake_cluster.kill_node(spot_id)
-            wait_for("the spot node gone", lambda: spot_id not in worker_nodes(ray), 60, timeline)
-            time.sleep(3)
+            gone = wait_for(
+                "the spot node gone", lambda: spot_id not in worker_nodes(ray), 60, timeline
+            )
+            # Requests begun after the node left still complete (one per replica serving).
+            wait_for("requests served after", lambda: load.served_since(gone) >= 2, 60, timeline)
         served_under_load = load.completed
 
         # 3. Idle: the replica above the floor goes first, then its node.
@@ -226,8 +247,9 @@ def test_scale_up_preemption_and_idle_scale_down_keep_the_floor(fake_cluster, ca
                 if previous is None or previous[1:] != row[1:]:
                     print(f"  t={row[0]:6.1f}s running={row[1]} replicas={row[2]} nodes={row[3]}")
     finally:
+        # No serve.shutdown(): it stops each replica gracefully, one after another (seconds
+        # each), and the fixture kills every process of the cluster right after anyway.
         sampling.set()
-        serve.shutdown()
         ray.shutdown()
 
 

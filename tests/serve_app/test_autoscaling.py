@@ -178,6 +178,15 @@ def test_serve_accepts_the_derived_autoscaling_config_and_loads_the_policy():
     assert isinstance(policy, EngineLoadPolicy) and policy.targets.floor == 2
 
 
+def test_replicas_push_their_load_often_enough_for_the_window():
+    """Serve's default push interval is 10 s, and Ray 2.60 ignores the environment variables
+    the cluster YAMLs once set for it: every scaling decision waited up to 10 s."""
+    config = load_app_config({"replica": {"autoscaling": {"min_replicas": 1}}})
+    options = AutoscalingConfig(**autoscaling_config(config))
+    assert 0 < options.metrics_interval_s <= 2.0
+    assert options.metrics_interval_s < options.look_back_period_s
+
+
 def test_serves_own_policy_stays_available():
     config = load_app_config({"replica.autoscaling.policy": "ongoing_requests"})
     options = AutoscalingConfig(**autoscaling_config(config))
