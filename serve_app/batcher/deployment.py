@@ -133,6 +133,7 @@ class Batcher:
             "num_queued": len(self._queue),
             "num_live_requests": len(self._live),
             "num_batches_running": len(self._calls),
+            "batch_servers": self._batch_servers(),
             "batch_size_counts": dict(self.batch_size_counts),
             "num_failovers": self.num_failovers,
             "failover_reasons": dict(self.failover_reasons),
@@ -145,6 +146,16 @@ class Batcher:
     async def live_requests(self) -> dict[str, RequestState]:
         """The state of every request not yet finished, by request id."""
         return {request_id: waiter.state for request_id, waiter in self._live.items()}
+
+    def _batch_servers(self) -> dict[int, str]:
+        """The replica serving each running batch that live requests are in, named by its
+        AbortChannel (owned by that replica): with `live_requests()`' batch ids, which
+        replica holds which request (the chaos test picks its victim by this)."""
+        return {
+            waiter.state.batch_id: waiter.call.abort_channel
+            for waiter in self._live.values()
+            if waiter.call is not None and waiter.call.abort_channel is not None
+        }
 
     # ---- leaving ------------------------------------------------------------------------
     def abort_requests(self, request_ids: list[str]) -> None:

@@ -47,7 +47,7 @@ SKIPPED = {
     "dashboards.push": "needs a Grafana and its token; tests/dashboards checks generate, "
     "promtool and push against a stand-in server",
     "tests.serve_app.chaos.run_chaos": "the chaos matrix (its own multi-node Ray cluster, "
-    "about 2.5 min); tests/serve_app/chaos/test_spot_chaos.py runs it and checks every row",
+    "about 2 min); tests/serve_app/chaos/test_spot_chaos.py runs it and checks every row",
     "bench.serve_load": "long benchmark (200 requests at 4/s, about a minute); "
     "tests/bench/test_serve_load.py runs the load generator end to end on a stand-in server",
 }
