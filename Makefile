@@ -68,11 +68,13 @@ lock: $(STAMP)
 LATEST_VENV := $(or $(TMPDIR),/tmp)/serve-app-latest
 test-latest: $(STAMP)
 	rm -rf $(LATEST_VENV) && $(PYTHON) -m venv $(LATEST_VENV)
-	UV_PYTHON=$(LATEST_VENV)/bin/python $(UV) pip install --quiet --no-deps $(TORCH_CPU_ONLY) torch
-	UV_PYTHON=$(LATEST_VENV)/bin/python $(UV) pip install --quiet --resolution highest -e '.[dev]'
+	UV_PYTHON=$(LATEST_VENV)/bin/python UV_COMPILE_BYTECODE=1 $(UV) pip install --quiet --no-deps \
+	    $(TORCH_CPU_ONLY) torch
+	UV_PYTHON=$(LATEST_VENV)/bin/python UV_COMPILE_BYTECODE=1 $(UV) pip install --quiet \
+	    --resolution highest -e '.[dev]'
 	grep -E '^[a-z0-9]' $(LOCK) | cut -d' ' -f1 | sort > $(LATEST_VENV)/locked.txt
-	UV_PYTHON=$(LATEST_VENV)/bin/python $(UV) pip freeze --exclude-editable | sort \
-	    > $(LATEST_VENV)/latest.txt
+	UV_PYTHON=$(LATEST_VENV)/bin/python $(UV) pip freeze --exclude-editable | grep -v '^pip==' \
+	    | sort > $(LATEST_VENV)/latest.txt
 	@echo "test-latest: releases newer than (or missing from) $(LOCK):"
 	@comm -13 $(LATEST_VENV)/locked.txt $(LATEST_VENV)/latest.txt | sed 's/^/  /'
 	$(LATEST_VENV)/bin/python -m pytest $(PYTEST_ARGS) -p no:cacheprovider
