@@ -88,10 +88,11 @@ def seconds_to_first_completion(clone: Path, env: dict[str, str]) -> float:
 
 
 def seconds_to_first_test(clone: Path, env: dict[str, str]) -> float:
-    """`make test` (lint, collection, then the suite) until pytest reports its first test."""
+    """`make test` (lint, collection, then the suite) until pytest reports its first test:
+    the first result character after a test file's name (`tests/... .`)."""
     started = time.monotonic()
     process = subprocess.Popen(
-        ["make", "test", "PYTEST_ARGS=-q -p no:cacheprovider"],
+        ["make", "test", "PYTEST_ARGS=-p no:cacheprovider"],
         cwd=clone,
         env=env,
         stdout=subprocess.PIPE,
@@ -101,8 +102,10 @@ def seconds_to_first_test(clone: Path, env: dict[str, str]) -> float:
     )
     try:
         assert process.stdout is not None
-        for line in process.stdout:
-            if re.match(r"^[.FEsx]+", line):  # pytest -q's progress line
+        line = ""
+        while char := process.stdout.read(1):
+            line = "" if char == "\n" else line + char
+            if re.fullmatch(r"tests/\S+\.py [.FEsx]", line):
                 return time.monotonic() - started
         raise RuntimeError(f"make test ended ({process.wait()}) before any test ran")
     finally:
