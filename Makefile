@@ -17,9 +17,13 @@ TORCH_VERSION := 2.13.0
 # Where the CPU build of torch comes from: the machine's pip find-links when it has one (a
 # local wheel directory, as on our dev boxes), else PyTorch's CPU index. PyPI holds only the
 # CUDA build under torch's plain version.
-TORCH_CPU_SOURCE ?= $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS),--extra-index-url https://download.pytorch.org/whl/cpu)
-TORCH_CPU_ONLY ?= $(if $(PIP_FIND_LINKS),--no-index --find-links $(PIP_FIND_LINKS),--index-url https://download.pytorch.org/whl/cpu)
+# (pip's find-links: $PIP_FIND_LINKS, else pip's configuration files.)
+FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
+TORCH_CPU_SOURCE ?= $(if $(FIND_LINKS),--find-links $(FIND_LINKS),--extra-index-url https://download.pytorch.org/whl/cpu)
+TORCH_CPU_ONLY ?= $(if $(FIND_LINKS),--no-index --find-links $(FIND_LINKS),--index-url https://download.pytorch.org/whl/cpu)
 UV_ENV := UV_PYTHON=$(BIN)/python UV_NO_PROGRESS=1 UV_COMPILE_BYTECODE=1
+# uv trusts the system's certificate store (as pip does here), where a proxy signs TLS.
+export UV_SYSTEM_CERTS := 1
 PYTEST_ARGS ?=
 ARGS ?=
 # glibc's malloc in transparent huge pages for the serving and bench processes (read at
