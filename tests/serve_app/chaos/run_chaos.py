@@ -56,24 +56,14 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 import httpx
 
 from serve_app.preemption.notices import AWS_NOTICE_PATH, GCP_NOTICE_PATH
+from tests.serve_app.chaos.scenarios import CLIENTS, MID_STREAM, REASONS, SCENARIOS
 from tests.serve_app.conftest import free_port
 from tests.serve_app.preemption.fake_metadata_server import FakeMetadataServer
 
-SCENARIOS = ("kill_replica", "node_lost", "drain_5s", "aws_notice", "gcp_notice")
-# The one failover reason each fault may cause: a crash is resumed from the last token
-# the batcher saw, a drain is a hand-back (serve_app/batcher/failover.py).
-REASONS = {
-    "kill_replica": "replica_died",
-    "node_lost": "replica_died",
-    "drain_5s": "node_drained",
-    "aws_notice": "node_drained",
-    "gcp_notice": "node_drained",
-}
 NODE_FAULTS = {"node_lost", "drain_5s", "aws_notice", "gcp_notice"}  # a fresh node replaces it
 NOTICE_PROVIDERS = {"aws_notice": "aws", "gcp_notice": "gcp"}
 NOTICE_PATHS = {"aws": AWS_NOTICE_PATH, "gcp": GCP_NOTICE_PATH}
 APP = "chaos"
-CLIENTS = 12
 POOL = 32  # distinct requests, more than a row sends; the load cycles through them
 MAX_TOKENS = 64
 # Every LONG_EVERY-th request is long: those are what a fault waits for on its victim
@@ -86,7 +76,6 @@ LONG_EVERY = 4
 # replica within ~1.5 s), so every row counts at least MID_STREAM failovers. The first
 # CLIENTS requests of a row hold CLIENTS / LONG_EVERY = 3 long ones, sent at once, so one
 # of the two replicas soon holds two fresh ones; later long ones are further chances.
-MID_STREAM = 2
 MIN_TOKENS_LEFT = LONG_MAX_TOKENS - 32
 APP_START_TIMEOUT_S = 180.0  # for the app to run on the fresh cluster
 VICTIM_TIMEOUT_S = 60.0  # for a victim, with a clear error after it

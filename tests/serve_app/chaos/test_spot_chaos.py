@@ -16,20 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.serve_app.chaos.scenarios import CLIENTS, MID_STREAM, REASONS
+
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 REPO = Path(__file__).resolve().parents[3]
-# run_chaos's own numbers (not imported: importing it sets a Ray environment variable for
-# this whole test process).
-CLIENTS = 12
-MID_STREAM = 2
-REASONS = {
-    "kill_replica": "replica_died",
-    "node_lost": "replica_died",
-    "drain_5s": "node_drained",
-    "aws_notice": "node_drained",
-    "gcp_notice": "node_drained",
-}
 
 
 @pytest.fixture(scope="module")
