@@ -18,11 +18,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import serve_kernels.reference as reference
 import torch
-from serve_kernels.cpu_paged_attention import load_cpu_paged_attention
 
+import serve_kernels.reference as reference
 from bench.decode_batch import BLOCK_SIZE, add_decode_batch_arguments, make_decode_batch
+from serve_kernels.cpu_paged_attention import load_cpu_paged_attention
 
 
 def median_ms(function: Callable[[], object], repeats: int, calls: int) -> tuple[float, float]:

@@ -15,9 +15,9 @@ import argparse
 import statistics
 import time
 
-import serve_kernels.reference as reference
 import torch
 
+import serve_kernels.reference as reference
 from bench.decode_batch import add_decode_batch_arguments, make_decode_batch
 
 

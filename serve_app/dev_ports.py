@@ -30,15 +30,18 @@ def config_ports(config: Path) -> dict[str, int]:
     return ports
 
 
+def answers(host: str, port: int, timeout_s: float = 1.0) -> bool:
+    """Whether something accepts connections at host:port."""
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
 def in_use(port: int) -> bool:
     """Whether something accepts connections on this port (any local address)."""
-    for host in ("127.0.0.1", "::1"):
-        try:
-            socket.create_connection((host, port), timeout=1).close()
-            return True
-        except OSError:
-            continue
-    return False
+    return any(answers(host, port) for host in ("127.0.0.1", "::1"))
 
 
 def taken(ports: dict[str, int]) -> list[str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import yaml
 
 from serve_app.cluster_resources import ClusterResources, Resources, current_cluster
 from serve_app.config import AppConfig, AppConfigError, load_app_config
+from serve_app.dev_ports import answers
 from serve_app.engine.config import ConfigError
 from serve_app.engine.loader import read_architecture, safetensors_files
 from serve_app.engine.model_path import resolve_model_dir
@@ -147,7 +147,7 @@ def wait_for_cluster(wait_s: float) -> ClusterResources:
     if address and address != "auto":
         host, _, port = address.rpartition(":")
         deadline = time.monotonic() + wait_s
-        while not _answers(host, int(port)):
+        while not answers(host, int(port), timeout_s=2):
             if time.monotonic() >= deadline:
                 waited = f" after {wait_s:.0f} s" if wait_s > 0 else ""
                 raise ConnectionError(
@@ -156,14 +156,6 @@ def wait_for_cluster(wait_s: float) -> ClusterResources:
                 )
             time.sleep(0.5)
     return current_cluster()
-
-
-def _answers(host: str, port: int) -> bool:
-    try:
-        socket.create_connection((host, port), timeout=2).close()
-        return True
-    except OSError:
-        return False
 
 
 def main(argv: list[str] | None = None) -> int:

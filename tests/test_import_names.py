@@ -9,11 +9,9 @@ name. Our kernels folder was once the package `kernels`, which is also Hugging F
 from __future__ import annotations
 
 import importlib.metadata
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.python_in_repo import ROOT, run_python_in_repo
+
 OUR_DISTRIBUTION = "serve-app"
 
 
@@ -39,7 +37,6 @@ def test_our_import_names_are_ours_alone() -> None:
 
 
 def test_transformers_models_and_our_engine_in_one_process_from_the_root() -> None:
-    # Run as a user does: a fresh interpreter whose cwd (sys.path[0]) is the repository root.
     script = (
         "import importlib.metadata, pathlib\n"
         "hf = importlib.metadata.distribution('kernels')  # Hugging Face's, from the lock\n"
@@ -56,8 +53,4 @@ def test_transformers_models_and_our_engine_in_one_process_from_the_root() -> No
         "[tokens] = engine.generate([[1, 2, 3]], SamplingParams(max_tokens=4, temperature=0))\n"
         "print(LlamaForCausalLM.__name__, len(tokens))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=180
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.split() == ["LlamaForCausalLM", "4"]
+    assert run_python_in_repo(script).split() == ["LlamaForCausalLM", "4"]

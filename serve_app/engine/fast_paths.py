@@ -20,8 +20,6 @@ import time
 from dataclasses import dataclass
 
 import torch
-from serve_kernels.cpu_elementwise import CpuElementwise, load_cpu_elementwise
-from serve_kernels.native_build import NativeBuildError
 from torch import nn
 
 from serve_app.engine.attention_backend import kernel_cache_dir
@@ -33,6 +31,8 @@ from serve_app.engine.layers.linear import PackableProjection
 from serve_app.engine.layers.norm import RMSNorm
 from serve_app.engine.layers.packed_linear import onednn_packing_available
 from serve_app.engine.models.llama import KVCache, LlamaAttention
+from serve_kernels.cpu_elementwise import CpuElementwise, load_cpu_elementwise
+from serve_kernels.native_build import NativeBuildError
 
 logger = logging.getLogger(__name__)
 

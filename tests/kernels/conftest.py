@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+
 from serve_kernels import reference  # pure torch: importing it never decorates a kernel
 
 if not torch.cuda.is_available():

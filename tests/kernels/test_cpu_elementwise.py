@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from serve_kernels.cpu_elementwise import CpuElementwise
 from serve_kernels.native_build import PARALLEL_GRAIN
 
@@ -87,9 +88,8 @@ def test_supports_only_contiguous_float32_cpu(kernels):
 def test_rotary_store_kv_matches_torch(kernels, num_heads, num_kv_heads, head_dim):
     """Queries rotated exactly as RotaryEmbedding.rotate (the same float operations), keys
     rotated and values copied into their (shuffled) cache slots; other slots untouched."""
-    from serve_kernels import reference
-
     from serve_app.engine.layers.rotary import RotaryEmbedding
+    from serve_kernels import reference
 
     generator = torch.Generator().manual_seed(head_dim)
     tokens, block_size, num_blocks = 37, 16, 6

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
 from serve_kernels import reference
 from serve_kernels.cpu_backend import CpuAttentionBackend
 from serve_kernels.cpu_paged_attention import CpuPagedAttention

@@ -37,12 +37,13 @@ def test_kernels_compile_for_sm90():
 
 def compile_all() -> None:
     import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
     from serve_kernels.decode_attention import _decode_combine_kernel, _decode_split_kernel
     from serve_kernels.prefill_attention import _prefill_kernel
     from serve_kernels.store_kv import _store_kv_kernel
     from serve_kernels.tiling import decode_tiles, prefill_tiles
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
 
     assert isinstance(_decode_split_kernel, triton.runtime.JITFunction), "interpreter is on"
     target = GPUTarget("cuda", 90, 32)

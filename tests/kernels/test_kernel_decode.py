@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from serve_kernels.decode_attention import paged_decode_attention
 from serve_kernels.tiling import DecodeTiles, padded_head_dim
 from serve_kernels.validation import KernelInputError

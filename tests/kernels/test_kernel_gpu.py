@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from serve_kernels.tiling import decode_num_splits
 
 pytestmark = pytest.mark.gpu

@@ -4,11 +4,8 @@
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.python_in_repo import ROOT, run_python_in_repo
 
 
 def test_kernels_never_import_serve_app():
@@ -36,8 +33,4 @@ def test_torch_backend_generates_without_importing_triton():
         "assert len(tokens) == 2, tokens\n"
         "print(sorted(name for name in sys.modules if name.split('.')[0] == 'triton'))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    assert run_python_in_repo(script, timeout_s=120).strip() == "[]"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from serve_kernels.tiling import DecodeTiles, PrefillTiles, decode_tiles, prefill_tiles
 from serve_kernels.validation import KernelInputError, check_runnable
 

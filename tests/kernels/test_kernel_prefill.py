@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from serve_kernels.tiling import PrefillTiles
 
 # (context_len, new tokens): full prefill, chunk after a cached prefix (prefix-cache hit or

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from serve_kernels import reference
 from serve_kernels.store_kv import store_kv
 from serve_kernels.validation import KernelInputError

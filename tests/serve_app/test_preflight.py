@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from serve_app.preflight import (
     model_problems,
     resource_problems,
 )
+from tests.serve_app.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TWO_CPUS = ClusterResources(where="a 2-CPU box", nodes=[{"CPU": 2.0}])
@@ -124,9 +124,7 @@ def test_a_config_file_names_the_application_and_its_problem(tmp_path: Path):
 def test_make_deploy_without_a_cluster_says_start_make_run_within_10_s():
     """Before: `make deploy` (preflight without --wait-s) went into ray.init, which retried
     an address where nothing listens for minutes."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]  # free once closed: nothing listens there
+    port = free_port()  # nothing listens there
     env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "token"}
     started = time.monotonic()
     done = subprocess.run(
