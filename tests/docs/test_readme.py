@@ -5,11 +5,14 @@ Every shell and Python block runs as written (a block is skipped only for a reas
 in SKIPPED, and the test says which); commands use one style (`.venv/bin/...`) and links
 stay inside the repository. Then the dev cluster is operated from another terminal as the
 README says: Ray's CLI reaches it (`make status`), a changed Batcher `user_config` applies
-live through `make deploy`, metrics are on the fixed port, and an application that cannot
+live through `make deploy`, metrics are on the fixed port, the default config absorbs a
+burst of 128 streams, and an application that cannot
 start makes `serve run` (and `make deploy`) exit non-zero within a minute with the cause."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import re
 import subprocess
 import sys
@@ -172,6 +175,51 @@ def test_make_status_reports_the_running_app(dev_cluster: DevCluster) -> None:
 def test_metrics_are_on_the_fixed_port(dev_cluster: DevCluster) -> None:
     metrics = httpx.get(f"http://127.0.0.1:{dev_cluster.metrics_port}/metrics", timeout=30).text
     assert "ray_serve_app_requests_total" in metrics  # the fixture's warm-up request
+
+
+BURST_STREAMS = 128
+
+
+async def one_burst_stream(client: httpx.AsyncClient, url: str, index: int) -> tuple[int, list]:
+    body = {
+        "model": "tiny",
+        "prompt": f"burst {index} " * (1 + index % 8),
+        "max_tokens": 8 + index % 9,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    async with client.stream("POST", url + "/v1/completions", json=body) as response:
+        if response.status_code != 200:
+            return response.status_code, [(await response.aread()).decode()]
+        events = [line[6:] async for line in response.aiter_lines() if line.startswith("data: ")]
+    return 200, events
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_the_dev_config_absorbs_a_burst_of_128_streams(dev_cluster: DevCluster) -> None:
+    """The README's claim for the default config: 128 concurrent streams against `make run`'s
+    app (dev-grpc.yaml serves dev.yaml's application unchanged) all complete, 0 errors."""
+    [dev_app] = yaml.safe_load((REPO / "deployments" / "dev.yaml").read_text())["applications"]
+    [served] = yaml.safe_load(dev_cluster.config.read_text())["applications"]
+    assert served == dev_app
+    assert "admission" not in dev_app["args"]  # the defaults are what is under test
+
+    async def burst() -> list[tuple[int, list]]:
+        limits = httpx.Limits(max_connections=BURST_STREAMS)
+        async with httpx.AsyncClient(timeout=300, limits=limits) as client:
+            streams = (
+                one_burst_stream(client, dev_cluster.base_url, index)
+                for index in range(BURST_STREAMS)
+            )
+            return await asyncio.gather(*streams)
+
+    results = asyncio.run(burst())
+    assert [(status, events[-1:]) for status, events in results if status != 200] == []
+    for index, (_, events) in enumerate(results):
+        assert events[-1] == "[DONE]", events[-2:]
+        assert json.loads(events[-2])["usage"]["completion_tokens"] == 8 + index % 9
 
 
 def replica_ids(details: dict, deployment: str) -> set[str]:

@@ -99,8 +99,71 @@ def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
             grpc_target=f"127.0.0.1:{grpc_port}",
         )
     finally:
-        serve.shutdown()
+        # No serve.shutdown(): it stops every replica gracefully, one after another (some 8 s
+        # here), and ray.shutdown() ends this local cluster's processes right after anyway.
         ray.shutdown()
+
+
+SPARE_APP = "spare"
+
+
+@pytest.fixture(scope="session")
+def spare_app_url(live_app: LiveApp) -> Iterator[str]:
+    """A second app beside the session's, shared by the tests that each need one of their
+    own settings but none of the other's: two model replicas (the zombie test stops them
+    all) that group tokens into fewer messages (the coalesced-delivery test). One app start
+    (some 15 s on 2 cores) instead of two."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    args = {
+        **live_app.args,
+        "replica": {
+            **live_app.args["replica"],
+            "num_replicas": 2,
+            "num_cpus": 0.25,
+            "stream_interval_ms": 300,
+            "stream_interval_tokens": 3,
+        },
+        "ingress": {"num_cpus": 0.05},
+        "batcher": {**live_app.args["batcher"], "num_cpus": 0.05},
+    }
+    serve.run(build_app(args), name=SPARE_APP, route_prefix="/" + SPARE_APP)
+    yield f"{live_app.base_url}/{SPARE_APP}"  # live_app's teardown stops it with Ray
+
+
+SMALL_APP = "small"
+
+
+@dataclass(frozen=True)
+class SmallApp:
+    name: str  # the Serve application (gRPC's `application` metadata)
+    api_url: str  # http://127.0.0.1:<port>/tight/v1
+    request_log: Path  # its request log file (text on)
+
+
+@pytest.fixture(scope="session")
+def small_app(live_app: LiveApp, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmallApp]:
+    """A second app, easy to fill exactly: it admits two requests (admission.max_requests)
+    and its batcher runs one and queues one (Serve's max_ongoing/max_queued_requests), so a
+    third concurrent request gets a 429 / RESOURCE_EXHAUSTED. It logs every request to a
+    file with text on. Shared by the gRPC overload test and the request-log test."""
+    from ray import serve
+
+    from serve_app.app import build_app
+
+    log_file = tmp_path_factory.mktemp("request_log") / "requests.jsonl"
+    args = {
+        **live_app.args,
+        "replica": {"num_cpus": 0.25, "graceful_shutdown_timeout_s": 1},
+        "ingress": {"num_cpus": 0.05},
+        "batcher": {"num_cpus": 0.05, "max_ongoing_requests": 1, "max_queued_requests": 1},
+        "admission": {"max_requests": 2},
+        "request_log": {"file": str(log_file), "include_text": True},
+    }
+    serve.run(build_app(args), name=SMALL_APP, route_prefix="/" + SMALL_APP)
+    yield SmallApp(SMALL_APP, f"{live_app.base_url}/{SMALL_APP}/v1", log_file)  # as spare
 
 
 @pytest.fixture(scope="session")

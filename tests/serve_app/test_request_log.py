@@ -97,37 +97,22 @@ def test_text_is_cut_after_redaction():
     assert json.loads(log.line(trace))["prompt"] == "mail [EMAIL]"
 
 
-# ---- a live app writing its request log to a file ----------------------------------------
-ROUTE = "/logged"
+# ---- a live app writing its request log to a file (conftest's small_app) -----------------
 
 
-@pytest.fixture(scope="module")
-def logged_app(live_app, tmp_path_factory):
-    """A second app on the session's Serve: logs to a file, text on, a batcher that holds
-    one request and queues one more (so a third concurrent one gets a 429)."""
-    from ray import serve
-
-    from serve_app.app import build_app
-
-    log_file = tmp_path_factory.mktemp("request_log") / "requests.jsonl"
-    args = {
-        **live_app.args,
-        "replica": {"num_cpus": 0.25, "graceful_shutdown_timeout_s": 1},
-        "ingress": {"num_cpus": 0.05},
-        "batcher": {"num_cpus": 0.05, "max_ongoing_requests": 1, "max_queued_requests": 1},
-        "request_log": {"file": str(log_file), "include_text": True},
-    }
-    serve.run(build_app(args), name="logged", route_prefix=ROUTE)
-    yield live_app.base_url + ROUTE + "/v1", log_file
-    serve.delete("logged")
+def http_lines(log_file: Path) -> list[dict]:
+    """The file's lines for HTTP completions (the app also serves another test's gRPC)."""
+    lines = log_file.read_text().splitlines() if log_file.exists() else []
+    return [line for line in map(json.loads, lines) if line["route"] == "/v1/completions"]
 
 
-def read_lines(log_file: Path, count: int, timeout_s: float = 60) -> list[dict]:
+def read_lines(log_file: Path, after: int, count: int, timeout_s: float = 60) -> list[dict]:
+    """The `count` HTTP lines written after the first `after` (fewer at the timeout)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        lines = log_file.read_text().splitlines() if log_file.exists() else []
+        lines = http_lines(log_file)[after:]
         if len(lines) >= count or time.monotonic() > deadline:
-            return [json.loads(line) for line in lines]
+            return lines
         time.sleep(0.5)
 
 
@@ -147,9 +132,10 @@ async def slow_streams(url: str, headers: dict, count: int) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_live_lines_for_success_400_429_and_disconnect(live_app, logged_app):
-    url, log_file = logged_app
+def test_live_lines_for_success_400_429_and_disconnect(live_app, small_app):
+    url, log_file = small_app.api_url, small_app.request_log
     headers = live_app.headers()
+    before = len(http_lines(log_file))
     ok = httpx.post(
         url + "/completions",
         headers={**headers, "Idempotency-Key": "order-42"},
@@ -172,7 +158,7 @@ def test_live_lines_for_success_400_429_and_disconnect(live_app, logged_app):
         client.stream("POST", url + "/completions", json={**body, "stream": True}) as stream,
     ):
         next(stream.iter_lines())  # the first event arrived; now the client leaves
-    lines = read_lines(log_file, 3 + len(statuses))
+    lines = read_lines(log_file, before, 3 + len(statuses))
     by_status = {}
     for line in lines:
         by_status.setdefault(line["status"], line)

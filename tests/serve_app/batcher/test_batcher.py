@@ -103,7 +103,7 @@ def test_batcher_off_gives_the_same_outputs(live_app, expected_texts):
         texts = complete_concurrently(live_app.base_url + "/direct", live_app.headers())
         assert texts == expected_texts
     finally:
-        serve.delete("direct")
+        serve.delete("direct", _blocking=False)  # its replicas stop in the background
 
 
 async def drain(stream) -> list[int]:

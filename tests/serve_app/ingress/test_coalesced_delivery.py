@@ -12,30 +12,7 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
-COALESCED_APP = "coalesced"
 PROMPTS = ["The quick brown fox"] + [f"Tale {index}: once upon a time" for index in range(5)]
-
-
-@pytest.fixture(scope="module")
-def coalesced_url(live_app):
-    from ray import serve
-
-    from serve_app.app import build_app
-
-    args = {
-        **live_app.args,
-        "replica": {
-            **live_app.args["replica"],
-            "num_cpus": 0.25,
-            "stream_interval_ms": 300,
-            "stream_interval_tokens": 3,
-        },
-        "ingress": {"num_cpus": 0.05},
-        "batcher": {**live_app.args["batcher"], "num_cpus": 0.05},
-    }
-    serve.run(build_app(args), name=COALESCED_APP, route_prefix="/" + COALESCED_APP)
-    yield f"{live_app.base_url}/{COALESCED_APP}"
-    serve.delete(COALESCED_APP)
 
 
 async def stream_one(client: httpx.AsyncClient, url: str, body: dict) -> dict:
@@ -82,14 +59,14 @@ def run_all(live_app, url: str, stop: str | None) -> list[dict]:
     return asyncio.run(run())
 
 
-def test_grouped_delivery_gives_the_same_stream_as_one_token_per_message(live_app, coalesced_url):
+def test_grouped_delivery_gives_the_same_stream_as_one_token_per_message(live_app, spare_app_url):
     plain = run_all(live_app, live_app.base_url, None)
     text = plain[0]["text"]
     start = next(i for i in range(4, len(text) - 2) if "\ufffd" not in text[i : i + 2])
     stop = text[start : start + 2]  # a stop string from the middle of a greedy text
 
     expected = run_all(live_app, live_app.base_url, stop)
-    grouped = run_all(live_app, coalesced_url, stop)
+    grouped = run_all(live_app, spare_app_url, stop)
     for one, other in zip(expected, grouped, strict=True):
         assert {k: v for k, v in one.items() if k != "num_chunks"} == {
             k: v for k, v in other.items() if k != "num_chunks"

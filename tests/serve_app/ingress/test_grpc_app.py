@@ -24,7 +24,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 PROMPT = "The quick brown fox"
 APP_NAME = "llm"  # conftest.APP_NAME: the `application` metadata routes to it
-TIGHT_APP = "grpc-tight"
 
 
 @pytest.fixture(scope="module")
@@ -239,30 +238,10 @@ def test_unknown_model_is_not_found(stub, live_app):
         assert "gpt-9" in error.details()
 
 
-@pytest.fixture(scope="module")
-def tight_app(live_app):
-    """A second app that holds two requests (one running, one queued): easy to fill exactly."""
-    from ray import serve
-
-    from serve_app.app import build_app
-
-    args = {
-        **live_app.args,
-        "ingress": {"num_cpus": 0.05},
-        "replica": {"num_cpus": 0.25, "graceful_shutdown_timeout_s": 1},
-        "admission": {"max_requests": 2},
-    }
-    if "batcher" in args:
-        args["batcher"] = {**args["batcher"], "num_cpus": 0.05}
-    serve.run(build_app(args), name=TIGHT_APP, route_prefix="/" + TIGHT_APP)
-    yield TIGHT_APP
-    serve.delete(TIGHT_APP)
-
-
-def test_full_replica_gives_resource_exhausted_with_retry_after(stub, live_app, tight_app):
+def test_full_replica_gives_resource_exhausted_with_retry_after(stub, live_app, small_app):
     """One long stream runs; of two more calls one is queued and one refused, whichever
     comes second (nothing finishes meanwhile); a later call is refused as well."""
-    tight = metadata(live_app.api_key, tight_app)
+    tight = metadata(live_app.api_key, small_app.name)
     hold = llm_pb2.GenerateRequest(prompt="hold", max_tokens=2000, ignore_eos=True)
     probe = llm_pb2.GenerateRequest(prompt="one more", max_tokens=2)
     retry_after = str(live_app.args["limits"]["retry_after_s"])

@@ -27,7 +27,7 @@ def tight_app(live_app):
     }
     serve.run(build_app(args), name="tight", route_prefix=ROUTE)
     yield live_app.base_url + ROUTE
-    serve.delete("tight")
+    serve.delete("tight", _blocking=False)  # its replicas stop in the background
 
 
 async def slow_stream(client: httpx.AsyncClient, url: str) -> tuple[int, httpx.Headers]:

@@ -43,7 +43,7 @@ def tp_app(live_app):
     try:
         yield live_app.base_url + TP_PREFIX
     finally:
-        serve.delete(TP_APP)
+        serve.delete(TP_APP, _blocking=False)  # its replicas stop in the background
 
 
 def complete_greedy(base_url: str, live_app, prompt: list[int]) -> str:
