@@ -11,29 +11,17 @@ ingress streams those requests came from: one message per ingress stream per rep
 message, never one per token per request. Policy knobs arrive as the deployment's
 `user_config` (`reconfigure`).
 
-A rejected user_config. When a deploy changes only the Batcher's `user_config`, Serve
-calls `reconfigure` on the running replicas. Had it raised, Serve 2.60 would count that as
-a failed replica start (serve/_private/deployment_state.py: an UPDATING replica whose
-`reconfigure` failed is stopped) and start new replicas, whose start-up calls `reconfigure`
-with the same user_config and fails again, until the deployment is DEPLOY_FAILED with no
-replica left and every request gets 503 (Serve's "the old replicas keep running" holds for
-a build that fails, not for a user_config). So `reconfigure` never raises: a user_config
-the policy's model rejects is logged at ERROR on Serve's replica logger (the replica's log
-file and `make run`'s terminal), naming each bad field, shown by `stats()`, and the policy
-stays as it was: the previous user_config's on a running replica, the args' `batcher.policy`
-on a replica started later. Serve then shows the rejected user_config as the deployment's,
-with the deployment HEALTHY; `make deploy`'s preflight (serve_app/deploy_overrides.py)
-refuses such a config before it reaches Serve.
-
-Failover. When a replica fails under a request (serve_app/batcher/failover.py), the
-request is not failed: after a jittered backoff it rejoins the front of the queue and is
-forwarded again with the tokens it has (`BatchRequest.output_ids`), and its caller's
-stream continues after the last token it got. Bounded by `batcher.failover.max_attempts`.
-
-Cancellation. A request whose ingress stream aborts it (through this batcher's
-AbortChannel, serve_app/abort_channel.py), or whose whole ingress stream is cancelled,
-leaves: dropped from the queue if it is still there, else aborted on its replica through
-the BatchCall (which cancels the replica stream once none of its requests is left).
+A rejected user_config. A deploy that changes only the `user_config` makes Serve call
+`reconfigure` on the running replicas. Serve 2.60 treats one that raises as a failed start
+(serve/_private/deployment_state.py: the UPDATING replica is stopped) and starts new
+replicas, whose start-up `reconfigure` fails the same way until the deployment is
+DEPLOY_FAILED with no replica (old replicas outlive only a failed build of the app), and
+requests fail (503, or no answer). So `reconfigure` never raises: it
+logs a user_config the policy's model rejects at ERROR on Serve's replica logger (the
+replica log, `make run`'s terminal), naming each bad field, shows it in `stats()`, and
+keeps the policy it has (on a replica started later: the args' `batcher.policy`). Serve
+still lists the rejected user_config as the deployment's; `make deploy`'s preflight
+(serve_app/deploy_overrides.py) refuses one before it reaches Serve.
 """
 
 from __future__ import annotations

@@ -37,19 +37,21 @@ from serve_app.config import AppConfigError, load_app_config
             "replica.stall_timeout_s: Input should be greater than or equal to 2, got 1 "
             "(allowed: a number >= 2.0)",
         ),
+        (  # a section's own rule: its message names the fields, the input is not repeated
+            {"replica": {"autoscaling": {"min_replicas": 3, "max_replicas": 2}}},
+            "replica.autoscaling: Value error, min_replicas (3) must be <= max_replicas (2)",
+        ),
     ],
-    ids=["nested-typo", "optional-section-typo", "top-level-typo", "below-range", "one-bound"],
+    ids=[
+        "nested-typo",
+        "optional-section-typo",
+        "top-level-typo",
+        "below-range",
+        "one-bound",
+        "section-rule",
+    ],
 )
 def test_the_line_names_the_field_and_what_it_allows(args: dict, line: str) -> None:
     with pytest.raises(AppConfigError) as raised:
         load_app_config(args)
     assert str(raised.value) == f"invalid app config: {line}"
-
-
-def test_a_model_level_rule_names_its_fields_without_repeating_the_input() -> None:
-    with pytest.raises(AppConfigError) as raised:
-        load_app_config({"replica": {"autoscaling": {"min_replicas": 3, "max_replicas": 2}}})
-    assert str(raised.value) == (
-        "invalid app config: replica.autoscaling: "
-        "Value error, min_replicas (3) must be <= max_replicas (2)"
-    )

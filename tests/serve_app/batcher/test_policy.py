@@ -150,6 +150,10 @@ def test_reconfigure_changes_behaviour_live() -> None:
         ({"max_wait_ms": -1}, "max_wait_ms"),
         ({"smoothing": 1.5}, "smoothing"),
         ({"max_wait": 5}, "max_wait"),
+        ({"max_wait_ms": True}, "max_wait_ms"),  # YAML's true is no number
+        ({"max_wait_ms": None}, "max_wait_ms"),
+        ({"target_ttft_ms": float("inf")}, "target_ttft_ms"),
+        ({"smoothing": float("nan")}, "smoothing"),
     ],
 )
 def test_invalid_knobs_name_the_field(user_config: dict, field_name: str) -> None:
@@ -176,12 +180,6 @@ def test_every_bad_knob_is_named_with_its_range() -> None:
         "(allowed: an int in [1, 4096])",
         "smoothing: Input should be less than or equal to 1, got 2 (allowed: a number in (0, 1])",
     ]
-
-
-@pytest.mark.parametrize("value", [True, "fast", None, float("inf"), float("nan")])
-def test_a_knob_that_is_not_a_finite_number_is_refused(value: object) -> None:
-    with pytest.raises(BatchPolicyConfigError, match="max_wait_ms"):
-        BatchPolicyConfig.from_user_config({"max_wait_ms": value})
 
 
 def test_a_user_config_that_is_not_a_mapping_is_refused() -> None:
