@@ -18,15 +18,12 @@ from ray.serve.config import RequestRouterConfig
 from serve_app.autoscaling import autoscaling_config
 from serve_app.batcher.deployment import Batcher
 from serve_app.config import AppConfig, load_app_config
+from serve_app.deployment_names import BATCHER_NAME, INGRESS_NAME, REPLICA_NAME
 from serve_app.ingress.http import OpenAIIngress
 from serve_app.placement import with_frontend_placement, with_replica_placement
 from serve_app.preflight import check_app
 from serve_app.replica.deployment import ModelReplica
 from serve_app.replica.router import DrainAwareRouter
-
-INGRESS_NAME = "OpenAIIngress"
-REPLICA_NAME = "ModelReplica"
-BATCHER_NAME = "Batcher"
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
@@ -98,7 +95,8 @@ def batcher_options(config: AppConfig) -> dict[str, Any]:
     settings = config.batcher
     return {
         **settings.serve_options(BATCHER_NAME, calls_per_replica(config, settings.num_replicas)),
-        "user_config": dict(settings.policy),  # the policy knobs: live via reconfigure
+        # The policy knobs the args set (live via reconfigure); unset ones keep defaults.
+        "user_config": settings.policy.model_dump(exclude_unset=True),
     }
 
 

@@ -17,12 +17,12 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    field_validator,
     model_validator,
 )
 
 from serve_app.batcher.policy import BatchPolicyConfig
 from serve_app.engine.config import EngineConfig
+from serve_app.validation_errors import problem_lines
 
 
 class AppConfigError(ValueError):
@@ -141,14 +141,8 @@ class BatcherSettings(DeploymentSettings):
     """
 
     enabled: bool = True  # false: the ingress calls the model replicas directly
-    policy: dict[str, int | float] = Field(default_factory=dict)
+    policy: BatchPolicyConfig = Field(default_factory=BatchPolicyConfig)
     failover: FailoverSettings = Field(default_factory=FailoverSettings)
-
-    @field_validator("policy")
-    @classmethod
-    def _valid_policy(cls, policy: dict[str, int | float]) -> dict[str, int | float]:
-        BatchPolicyConfig.from_user_config(policy)  # its error names the knob
-        return policy
 
 
 class IngressSettings(DeploymentSettings):
@@ -305,10 +299,7 @@ def load_app_config(args: dict[str, Any] | None) -> AppConfig:
     try:
         return AppConfig.model_validate(_nest_dotted_keys(dict(args or {})))
     except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            field = ".".join(str(part) for part in item["loc"]) or "(top level)"
-            problems.append(f"{field}: {item['msg']}")
+        problems = problem_lines(error, AppConfig)
         raise AppConfigError("invalid app config: " + "; ".join(problems)) from None
 
 

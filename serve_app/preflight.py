@@ -23,6 +23,7 @@ import yaml
 
 from serve_app.cluster_resources import ClusterResources, Resources, current_cluster
 from serve_app.config import AppConfig, AppConfigError, load_app_config
+from serve_app.deploy_overrides import override_problems
 from serve_app.dev_ports import answers
 from serve_app.engine.config import ConfigError
 from serve_app.engine.loader import read_architecture, safetensors_files
@@ -123,6 +124,7 @@ def check_config_file(path: Path, cluster: ClusterResources) -> list[str]:
         if application.get("import_path") != IMPORT_PATH:
             continue
         name = application.get("name", "default")
+        problems += [f"{path} application {name!r} {p}" for p in override_problems(application)]
         try:
             config = load_app_config(application.get("args"))
         except AppConfigError as error:

@@ -11,15 +11,17 @@ ingress streams those requests came from: one message per ingress stream per rep
 message, never one per token per request. Policy knobs arrive as the deployment's
 `user_config` (`reconfigure`).
 
-Failover. When a replica fails under a request (serve_app/batcher/failover.py), the
-request is not failed: after a jittered backoff it rejoins the front of the queue and is
-forwarded again with the tokens it has (`BatchRequest.output_ids`), and its caller's
-stream continues after the last token it got. Bounded by `batcher.failover.max_attempts`.
-
-Cancellation. A request whose ingress stream aborts it (through this batcher's
-AbortChannel, serve_app/abort_channel.py), or whose whole ingress stream is cancelled,
-leaves: dropped from the queue if it is still there, else aborted on its replica through
-the BatchCall (which cancels the replica stream once none of its requests is left).
+A rejected user_config. A deploy that changes only the `user_config` makes Serve call
+`reconfigure` on the running replicas. Serve 2.60 treats one that raises as a failed start
+(serve/_private/deployment_state.py: the UPDATING replica is stopped) and starts new
+replicas, whose start-up `reconfigure` fails the same way until the deployment is
+DEPLOY_FAILED with no replica (old replicas outlive only a failed build of the app), and
+requests fail (503, or no answer). So `reconfigure` never raises: it
+logs a user_config the policy's model rejects at ERROR on Serve's replica logger (the
+replica log, `make run`'s terminal), naming each bad field, shows it in `stats()`, and
+keeps the policy it has (on a replica started later: the args' `batcher.policy`). Serve
+still lists the rejected user_config as the deployment's; `make deploy`'s preflight
+(serve_app/deploy_overrides.py) refuses one before it reaches Serve.
 """
 
 from __future__ import annotations
@@ -38,7 +40,11 @@ from dataclasses import dataclass
 from serve_app.abort_channel import AbortSender, LazyAbortListener
 from serve_app.batch_call import BatchCall
 from serve_app.batcher.failover import backoff_s, is_drain, is_replica_failure
-from serve_app.batcher.policy import AdaptiveBatchPolicy, BatchPolicyConfig
+from serve_app.batcher.policy import (
+    AdaptiveBatchPolicy,
+    BatchPolicyConfig,
+    BatchPolicyConfigError,
+)
 from serve_app.batcher.request_state import RequestState
 from serve_app.config import AppConfig
 from serve_app.engine.mailbox import Mailbox
@@ -46,6 +52,8 @@ from serve_app.messages import BatchMessage, BatchRequest, TaggedChunk
 from serve_app.metrics import BatcherMetrics
 
 logger = logging.getLogger(__name__)
+# Serve's replica logger: the replica's log file, and stderr (`make run`'s terminal).
+serve_logger = logging.getLogger("ray.serve")
 
 FLUSHER_ERROR_PAUSE_S = 0.01  # after an unexpected flusher error, before deciding again
 
@@ -66,7 +74,8 @@ class Batcher:
     def __init__(
         self, config: AppConfig, replica_handle, abort_sender: AbortSender | None = None
     ) -> None:
-        self.policy = AdaptiveBatchPolicy(BatchPolicyConfig.from_user_config(config.batcher.policy))
+        self.policy = AdaptiveBatchPolicy(config.batcher.policy)
+        self.rejected_user_config: str | None = None  # why the last user_config was refused
         self.metrics = BatcherMetrics()
         self.batch_size_counts: Counter[int] = Counter()
         self._replica = replica_handle.options(stream=True, method_name="generate_batch")
@@ -85,8 +94,21 @@ class Batcher:
         self._next_batch_id = 0
 
     def reconfigure(self, user_config: Mapping[str, object]) -> None:
-        """Serve calls this with the deployment's user_config: the policy knobs, live."""
-        self.policy.reconfigure(user_config)
+        """Serve calls this with the deployment's user_config: the policy knobs, live. One
+        the policy rejects leaves it as it was (the module docstring says why)."""
+        try:
+            config = BatchPolicyConfig.from_user_config(user_config)
+        except BatchPolicyConfigError as error:
+            self.rejected_user_config = str(error)
+            serve_logger.error(
+                "Batcher user_config %r rejected, the batch policy stays %s: %s",
+                user_config,
+                self.policy.config.to_dict(),
+                error,
+            )
+            return
+        self.rejected_user_config = None
+        self.policy.reconfigure(config)
 
     async def generate_batch(self, requests: list[BatchRequest]) -> AsyncIterator[BatchMessage]:
         """Queue the requests; stream every one's chunks back, many per message."""
@@ -138,6 +160,7 @@ class Batcher:
             "num_failovers": self.num_failovers,
             "failover_reasons": dict(self.failover_reasons),
             "policy": self.policy.config.to_dict(),
+            "rejected_user_config": self.rejected_user_config,
             "window_s": snapshot.window_s,
             "target_batch_size": snapshot.target_batch_size,
             "forward_latency_s": snapshot.forward_latency_s,

@@ -1,7 +1,8 @@
 """The adaptive micro-batching policy: when to forward the waiting requests, and how many.
 
-Pure Python (no ray, no asyncio): the batcher deployment asks `decide()` on every arrival
-and when the wait it was told to do runs out; tests drive it with a simulated clock.
+Pure Python (no ray, no asyncio; pydantic validates the knobs): the batcher deployment
+asks `decide()` on every arrival and when the wait it was told to do runs out; tests drive
+it with a simulated clock.
 
 The rule, in one paragraph. Requests that arrive close together are worth one call to a
 model replica, but waiting costs time-to-first-token (TTFT). The policy estimates the
@@ -22,7 +23,17 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
+
+from serve_app.validation_errors import problem_lines
 
 # A gap this many times the expected one means the burst is over: flush what is waiting
 # instead of holding it for the rest of the window. (Under Poisson arrivals a gap that long
@@ -41,54 +52,44 @@ class BatchPolicyConfigError(ValueError):
     """A batch policy knob is invalid; the message names the field and the allowed range."""
 
 
-@dataclass(frozen=True, slots=True)
-class BatchPolicyConfig:
-    """The policy's knobs; `from_user_config` builds one from a Serve `user_config` dict."""
+class BatchPolicyConfig(BaseModel):
+    """The policy's knobs: the Batcher deployment's `user_config`, validated once here.
 
-    target_ttft_ms: float = 200.0  # the TTFT the batcher's waiting must not push past
-    max_batch_size: int = 32  # requests forwarded in one call, at most
-    max_wait_ms: float = 10.0  # longest a request is held, whatever the target allows
-    smoothing: float = 0.2  # weight of the newest sample in the forward-latency average
+    A pydantic model because it is read from config files (the app's `batcher.policy` and a
+    Serve config's `deployments: [{name: Batcher, user_config: ...}]`); the preflight
+    (serve_app/deploy_overrides.py) and `Batcher.reconfigure` validate with this same model.
+    Absent keys keep their defaults; unknown keys and values out of range are errors.
+    """
 
-    def __post_init__(self) -> None:
-        _check(
-            _is_number(self.target_ttft_ms) and 0 < self.target_ttft_ms <= 600_000,
-            "target_ttft_ms",
-            "a number in (0, 600000]",
-            self.target_ttft_ms,
-        )
-        _check(
-            _is_int(self.max_batch_size) and 1 <= self.max_batch_size <= 4096,
-            "max_batch_size",
-            "an int in [1, 4096]",
-            self.max_batch_size,
-        )
-        _check(
-            _is_number(self.max_wait_ms) and 0 <= self.max_wait_ms <= 60_000,
-            "max_wait_ms",
-            "a number in [0, 60000]",
-            self.max_wait_ms,
-        )
-        _check(
-            _is_number(self.smoothing) and 0 < self.smoothing <= 1,
-            "smoothing",
-            "a number in (0, 1]",
-            self.smoothing,
-        )
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    target_ttft_ms: float = Field(200.0, gt=0, le=600_000)  # waiting must not push TTFT past
+    max_batch_size: int = Field(32, ge=1, le=4096)  # requests forwarded in one call, at most
+    max_wait_ms: float = Field(10.0, ge=0, le=60_000)  # longest a request is held
+    smoothing: float = Field(0.2, gt=0, le=1)  # weight of the newest forward-latency sample
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _not_a_bool(cls, value: object) -> object:
+        """YAML's `true` is not a number here, though pydantic would read it as 1."""
+        if isinstance(value, bool):
+            raise ValueError("must be a number")
+        return value
 
     @classmethod
     def from_user_config(cls, user_config: Mapping[str, object]) -> BatchPolicyConfig:
-        """Knobs from a mapping; absent keys keep their defaults, unknown keys are errors."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(user_config) - known)
-        if unknown:
+        """Knobs from a mapping; BatchPolicyConfigError names every bad field (one per line)."""
+        if not isinstance(user_config, Mapping):
             raise BatchPolicyConfigError(
-                f"unknown batch policy field(s) {unknown}; allowed: {sorted(known)}"
+                f"a mapping of {', '.join(cls.model_fields)} expected, got {user_config!r}"
             )
-        return cls(**user_config)  # type: ignore[arg-type]
+        try:
+            return cls.model_validate(dict(user_config))
+        except ValidationError as error:
+            raise BatchPolicyConfigError("; ".join(problem_lines(error, cls))) from None
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return self.model_dump()
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,16 +201,3 @@ class AdaptiveBatchPolicy:
             return sample
         weight = self.config.smoothing
         return weight * sample + (1.0 - weight) * average
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check(ok: bool, field_name: str, allowed: str, value: object) -> None:
-    if not ok:
-        raise BatchPolicyConfigError(f"{field_name} must be {allowed}, got {value!r}")

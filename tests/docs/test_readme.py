@@ -5,9 +5,10 @@ Every shell and Python block runs as written (a block is skipped only for a reas
 in SKIPPED, and the test says which); commands use one style (`.venv/bin/...`) and links
 stay inside the repository. Then the dev cluster is operated from another terminal as the
 README says: Ray's CLI reaches it (`make status`), a changed Batcher `user_config` applies
-live through `make deploy`, metrics are on the fixed port, the default config absorbs a
-burst of 128 streams, and an application that cannot
-start makes `serve run` (and `make deploy`) exit non-zero within a minute with the cause."""
+live through `make deploy` (a mistyped one is refused there, and deployed past the preflight
+it leaves the batcher serving its old policy), metrics are on the fixed port, the default
+config absorbs a burst of 128 streams, and an application that cannot start makes `serve
+run` (and `make deploy`) exit non-zero within a minute with the cause."""
 
 from __future__ import annotations
 
@@ -17,12 +18,16 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 import yaml
+
+from serve_app.batcher.policy import BatchPolicyConfig
 
 if TYPE_CHECKING:
     from conftest import DevCluster
@@ -265,6 +270,136 @@ def test_make_deploy_changes_the_batch_policy_live(dev_cluster: DevCluster, tmp_
         timeout=60,
     )
     assert response.status_code == 200
+
+
+# dev.yaml's batch policy with `max_wait_ms` mistyped, and other knobs changed beside it.
+TYPO_POLICY = {"target_ttft_ms": 150, "max_batch_size": 7, "max_wiat_ms": 3}
+TYPO_CAUSE = (
+    "deployment 'Batcher' user_config: unknown field 'max_wiat_ms' "
+    "(allowed: max_batch_size, max_wait_ms, smoothing, target_ttft_ms)"
+)
+SERVING_CHECK_S = 8  # requests sent after a bad deploy, for this long
+
+
+def with_batcher_policy(cluster: DevCluster, user_config: dict, path: Path) -> Path:
+    """The cluster's Serve config with the Batcher's user_config overridden, saved at path."""
+    config = yaml.safe_load(cluster.config.read_text())
+    config["applications"][0]["deployments"] = [{"name": "Batcher", "user_config": user_config}]
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def serve_deploy(cluster: DevCluster, config: Path) -> None:
+    """Plain `serve deploy`, without `make deploy`'s preflight."""
+    done = cluster.run(f"RAY_AUTH_MODE=token .venv/bin/serve deploy {config}")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def wait_for_batcher_policy(
+    cluster: DevCluster, user_config: dict, timeout_s: float, running: bool = True
+) -> dict:
+    """Serve's details once the Batcher's user_config is `user_config` (Serve's target) and,
+    if `running`, the app RUNNING."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        details = cluster.serve_details()
+        application = details["applications"]["llm"]
+        if batcher_user_config(details) == user_config and (
+            application["status"] == "RUNNING" or not running
+        ):
+            return details
+        assert time.monotonic() < deadline, application
+        time.sleep(1)
+
+
+@contextmanager
+def restoring_batcher_policy(cluster: DevCluster, tmp_path: Path) -> Iterator[dict]:
+    """The Batcher's user_config before the block (yielded), deployed again after it and
+    serving: the module's other tests share the cluster."""
+    before = batcher_user_config(cluster.serve_details())
+    try:
+        yield before
+    finally:
+        if batcher_user_config(cluster.serve_details()) != before:
+            serve_deploy(cluster, with_batcher_policy(cluster, before, tmp_path / "restore.yaml"))
+            wait_for_batcher_policy(cluster, before, timeout_s=180)
+        assert complete(cluster) == 200
+
+
+def complete(cluster: DevCluster) -> int | str:
+    """One completion's HTTP status (or the error that stood for one)."""
+    body = {"model": "tiny", "prompt": "still serving", "max_tokens": 4}
+    try:
+        return httpx.post(f"{cluster.base_url}/v1/completions", json=body, timeout=30).status_code
+    except httpx.HTTPError as error:
+        return repr(error)
+
+
+def statuses_for(cluster: DevCluster, seconds: float) -> list[int | str]:
+    deadline = time.monotonic() + seconds
+    statuses = []
+    while time.monotonic() < deadline:
+        statuses.append(complete(cluster))
+    return statuses
+
+
+BATCHER_STATS = (
+    "import json, ray; from ray import serve; ray.init(logging_level='ERROR'); "
+    "print(json.dumps(serve.get_deployment_handle('Batcher', app_name='llm')"
+    ".stats.remote().result(timeout_s=60)))"
+)
+
+
+def batcher_stats(cluster: DevCluster) -> dict:
+    """Batcher.stats() of the running batcher (a driver on the cluster asks it)."""
+    done = cluster.run(["env", "RAY_AUTH_MODE=token", ".venv/bin/python", "-c", BATCHER_STATS])
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_make_deploy_refuses_a_batch_policy_typo_and_the_app_serves_on(
+    dev_cluster: DevCluster, tmp_path: Path
+) -> None:
+    """Before: the preflight checked the args only, `serve deploy` sent the typo, and the
+    Batcher was left with no replica (requests failed)."""
+    with restoring_batcher_policy(dev_cluster, tmp_path) as before:
+        typo = with_batcher_policy(dev_cluster, TYPO_POLICY, tmp_path / "typo.yaml")
+        done = dev_cluster.run(["make", "deploy", f"CONFIG={typo}"])
+        assert done.returncode != 0, done.stdout
+        assert f"preflight: {typo} application 'llm' {TYPO_CAUSE}" in done.stderr.splitlines()
+        assert "serve deploy" not in done.stdout  # refused before anything was sent
+        assert set(statuses_for(dev_cluster, seconds=3)) == {200}
+        assert batcher_user_config(dev_cluster.serve_details()) == before
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_batch_policy_typo_past_the_preflight_leaves_the_batcher_serving_its_old_policy(
+    dev_cluster: DevCluster, tmp_path: Path
+) -> None:
+    """`serve deploy` of the typo itself: Serve hands it to the live Batcher's reconfigure,
+    which keeps its policy and logs why, instead of failing (before: Serve stopped the
+    Batcher replica for the failure and requests timed out)."""
+    with restoring_batcher_policy(dev_cluster, tmp_path) as before:
+        batchers = replica_ids(dev_cluster.serve_details(), "Batcher")
+        old_policy = BatchPolicyConfig.from_user_config(before).to_dict()
+        serve_deploy(
+            dev_cluster, with_batcher_policy(dev_cluster, TYPO_POLICY, tmp_path / "t.yaml")
+        )
+        wait_for_batcher_policy(dev_cluster, TYPO_POLICY, timeout_s=60, running=False)
+
+        statuses = statuses_for(dev_cluster, seconds=SERVING_CHECK_S)
+        assert set(statuses) == {200}, statuses
+        details = wait_for_batcher_policy(dev_cluster, TYPO_POLICY, timeout_s=30)
+        assert replica_ids(details, "Batcher") == batchers  # the same replica, not restarted
+        stats = batcher_stats(dev_cluster)
+        assert stats["policy"] == old_policy
+        assert stats["rejected_user_config"].startswith("unknown field 'max_wiat_ms' (allowed:")
+        # The replica's error, in `make run`'s terminal: it names the field.
+        logged = [line for line in dev_cluster.log.read_text().splitlines() if "rejected" in line]
+        assert any("Batcher user_config" in line and "'max_wiat_ms'" in line for line in logged)
 
 
 @pytest.mark.slow

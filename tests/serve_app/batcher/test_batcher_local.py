@@ -11,6 +11,7 @@ through the AbortChannel actor (that path is tested through Serve in test_batche
 from __future__ import annotations
 
 import asyncio
+import logging
 from contextlib import aclosing
 
 import pytest
@@ -233,18 +234,51 @@ def test_reconfigure_changes_the_batch_size_live():
     asyncio.run(run())
     sizes = [len(call) for call in local.calls]
     assert sizes[0] == 3 and sizes[-3:] == [1, 1, 1]
-    with pytest.raises(ValueError, match="max_batch_size"):
-        batcher.reconfigure({"max_batch_size": 0})
     local.replica.engine.shutdown()
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_a_rejected_user_config_keeps_the_policy_and_is_logged_naming_the_field():
+    """Before: reconfigure raised, and Serve stopped the live Batcher replica for it (see
+    serve_app/batcher/deployment.py); on a deploy every replica went."""
+    config = load_app_config({"batcher": {"policy": BURSTY}})
+    batcher = Batcher(config, LocalHandle(None, "replica-channel"))  # no call reaches it
+    batcher.reconfigure({**BURSTY, "max_batch_size": 4})
+    kept = batcher.policy.config
+    records = _Records()
+    serve_logger = logging.getLogger("ray.serve")  # Serve's replica logger
+    serve_logger.addHandler(records)
+    try:
+        batcher.reconfigure({"max_batch_size": 2, "max_wiat_ms": 3})  # no exception
+    finally:
+        serve_logger.removeHandler(records)
+    assert batcher.policy.config is kept
+    assert batcher.policy.config.max_batch_size == 4
+    stats = asyncio.run(batcher.stats())
+    assert stats["policy"]["max_batch_size"] == 4
+    assert stats["rejected_user_config"].startswith("unknown field 'max_wiat_ms' (allowed: ")
+    [message] = records.messages
+    assert "Batcher user_config" in message and "unknown field 'max_wiat_ms'" in message
+    batcher.reconfigure({"max_batch_size": 2})  # a valid one applies, and clears the error
+    assert batcher.policy.config.max_batch_size == 2
+    assert asyncio.run(batcher.stats())["rejected_user_config"] is None
 
 
 def test_batcher_config_names_bad_policy_knobs_and_becomes_user_config():
     from serve_app.app import BATCHER_NAME, batcher_options
     from serve_app.config import AppConfigError
 
-    with pytest.raises(AppConfigError, match=r"batcher.policy: .*unknown batch policy.*max_wait"):
+    with pytest.raises(AppConfigError, match=r"unknown field 'batcher.policy.max_wait'"):
         load_app_config({"batcher": {"policy": {"max_wait": 5}}})
-    with pytest.raises(AppConfigError, match=r"batcher.policy: .*max_batch_size must be"):
+    with pytest.raises(AppConfigError, match=r"batcher.policy.max_batch_size: .*\[1, 4096\]"):
         load_app_config({"batcher.policy.max_batch_size": "0"})
     config = load_app_config({"batcher.policy.max_wait_ms": "5", "batcher.num_cpus": "0.5"})
     options = batcher_options(config)

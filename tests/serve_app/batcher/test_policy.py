@@ -150,6 +150,10 @@ def test_reconfigure_changes_behaviour_live() -> None:
         ({"max_wait_ms": -1}, "max_wait_ms"),
         ({"smoothing": 1.5}, "smoothing"),
         ({"max_wait": 5}, "max_wait"),
+        ({"max_wait_ms": True}, "max_wait_ms"),  # YAML's true is no number
+        ({"max_wait_ms": None}, "max_wait_ms"),
+        ({"target_ttft_ms": float("inf")}, "target_ttft_ms"),
+        ({"smoothing": float("nan")}, "smoothing"),
     ],
 )
 def test_invalid_knobs_name_the_field(user_config: dict, field_name: str) -> None:
@@ -157,6 +161,40 @@ def test_invalid_knobs_name_the_field(user_config: dict, field_name: str) -> Non
     with pytest.raises(BatchPolicyConfigError, match=field_name):
         policy.reconfigure(user_config)
     assert policy.config == BatchPolicyConfig()  # a rejected config leaves the old one
+
+
+def test_a_typo_names_the_field_and_the_allowed_ones() -> None:
+    with pytest.raises(BatchPolicyConfigError) as raised:
+        BatchPolicyConfig.from_user_config({"target_ttft_ms": 200, "max_wiat_ms": 10})
+    assert str(raised.value) == (
+        "unknown field 'max_wiat_ms' "
+        "(allowed: max_batch_size, max_wait_ms, smoothing, target_ttft_ms)"
+    )
+
+
+def test_every_bad_knob_is_named_with_its_range() -> None:
+    with pytest.raises(BatchPolicyConfigError) as raised:
+        BatchPolicyConfig.from_user_config({"max_batch_size": 0, "smoothing": 2})
+    assert str(raised.value).split("; ") == [
+        "max_batch_size: Input should be greater than or equal to 1, got 0 "
+        "(allowed: an int in [1, 4096])",
+        "smoothing: Input should be less than or equal to 1, got 2 (allowed: a number in (0, 1])",
+    ]
+
+
+def test_a_user_config_that_is_not_a_mapping_is_refused() -> None:
+    with pytest.raises(BatchPolicyConfigError, match=r"a mapping of target_ttft_ms, .* got \[5\]"):
+        BatchPolicyConfig.from_user_config([5])  # type: ignore[arg-type]
+
+
+def test_absent_knobs_keep_their_defaults_and_numbers_from_the_command_line_parse() -> None:
+    config = BatchPolicyConfig.from_user_config({"max_wait_ms": "5", "max_batch_size": 8.0})
+    assert config.to_dict() == {
+        "target_ttft_ms": 200.0,
+        "max_batch_size": 8,
+        "max_wait_ms": 5.0,
+        "smoothing": 0.2,
+    }
 
 
 def test_forward_latency_is_smoothed() -> None:
