@@ -179,6 +179,16 @@ def replica_ids(details: dict, deployment: str) -> set[str]:
     return {replica["replica_id"] for replica in replicas}
 
 
+def assert_still_serving(cluster: DevCluster) -> None:
+    """A completion comes back, with no API key (the dev cluster has none)."""
+    response = httpx.post(
+        f"{cluster.base_url}/v1/completions",
+        json={"model": "tiny", "prompt": "still serving", "max_tokens": 4},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+
+
 def batcher_user_config(details: dict) -> dict:
     deployment = details["applications"]["llm"]["deployments"]["Batcher"]
     return deployment["deployment_config"].get("user_config") or {}
@@ -211,12 +221,7 @@ def test_make_deploy_changes_the_batch_policy_live(dev_cluster: DevCluster, tmp_
     # Reconfigured in place: the same batcher and model replicas, nothing restarted.
     assert replica_ids(after, "Batcher") == replica_ids(before, "Batcher")
     assert replica_ids(after, "ModelReplica") == replica_ids(before, "ModelReplica")
-    response = httpx.post(
-        f"{dev_cluster.base_url}/v1/completions",
-        json={"model": "tiny", "prompt": "still serving", "max_tokens": 4},
-        timeout=60,
-    )
-    assert response.status_code == 200
+    assert_still_serving(dev_cluster)
 
 
 @pytest.mark.slow
@@ -288,12 +293,7 @@ def test_make_deploy_refuses_api_keys_set_only_in_its_own_shell(dev_cluster: Dev
     after = dev_cluster.serve_details()
     assert after["applications"]["llm"]["status"] == "RUNNING"
     assert replica_ids(after, "OpenAIIngress") == replica_ids(before, "OpenAIIngress")
-    response = httpx.post(
-        f"{dev_cluster.base_url}/v1/completions",
-        json={"model": "tiny", "prompt": "still serving", "max_tokens": 4},
-        timeout=60,
-    )
-    assert response.status_code == 200
+    assert_still_serving(dev_cluster)
 
 
 @pytest.mark.slow
@@ -343,9 +343,4 @@ def test_a_second_make_run_refuses_at_once_and_leaves_the_first_serving(
     assert f"port {dev_cluster.ray_port} (RAY_PORT) is in use" in done.stderr
     assert f"port {dev_cluster.http_port} (" in done.stderr  # the config's HTTP port too
     assert "ray start" not in done.stdout  # refused before starting anything
-    response = httpx.post(
-        f"{dev_cluster.base_url}/v1/completions",
-        json={"model": "tiny", "prompt": "still serving", "max_tokens": 4},
-        timeout=60,
-    )
-    assert response.status_code == 200
+    assert_still_serving(dev_cluster)
