@@ -7,7 +7,9 @@ once with its cause: `serve run serve_app.app:build_app ...` exits non-zero (bui
 in the CLI's process), and a Serve config file fails through `python -m serve_app.preflight
 CONFIG.yaml`, which `make run` and `make deploy` run first (for a config file, build_app
 runs on the cluster, where a failure marks the application DEPLOY_FAILED but `serve run`
-keeps waiting).
+keeps waiting). It also reports the API keys each application will have, resolved where
+the ingress resolves them (serve_app/auth_state.py), and refuses keys set only in its own
+shell, which the serving processes would never see.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from serve_app.auth_state import serving_auth_problems
 from serve_app.cluster_resources import ClusterResources, Resources, current_cluster
 from serve_app.config import AppConfig, AppConfigError, load_app_config
 from serve_app.deploy_overrides import override_problems
@@ -30,7 +33,7 @@ from serve_app.engine.loader import read_architecture, safetensors_files
 from serve_app.engine.model_path import resolve_model_dir
 from serve_app.engine.models.architecture import UnsupportedModelError
 from serve_app.engine.parallel.context import check_tensor_parallel_sizes
-from serve_app.exposure import exposure_warning, warn_if_exposed
+from serve_app.exposure import warn_if_exposed
 
 IMPORT_PATH = "serve_app.app:build_app"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
@@ -131,14 +134,24 @@ def check_config_file(path: Path, cluster: ClusterResources) -> list[str]:
             problems.append(f"{path} application {name!r}: {error}")
             continue
         problems += [f"{path} application {name!r}: {p}" for p in app_problems(config, cluster)]
-        warning = exposure_warning(
-            serve_config.get("http_options") or {},
-            serve_config.get("grpc_options") or {},
-            config.auth,
-        )
-        if warning:
-            print(f"WARNING: {path} application {name!r}: {warning}", file=sys.stderr)
     return problems
+
+
+def auth_problems(path: Path) -> list[str]:
+    """Each serve_app application's API keys as its serving processes will have them
+    (serve_app/auth_state.py): printed, with the exposure warning; the problems."""
+    serve_config = yaml.safe_load(path.read_text())
+    applications = []
+    for application in serve_config.get("applications", []):
+        if application.get("import_path") != IMPORT_PATH:
+            continue
+        try:
+            config = load_app_config(application.get("args"))
+        except AppConfigError:
+            continue  # check_config_file reports it
+        env_vars = (application.get("runtime_env") or {}).get("env_vars") or {}
+        applications.append((application.get("name", "default"), config, env_vars))
+    return serving_auth_problems(path, serve_config, applications)
 
 
 def wait_for_cluster(wait_s: float) -> ClusterResources:
@@ -176,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConnectionError as error:
         print(f"preflight: {error}", file=sys.stderr)
         return 1
-    problems = check_config_file(args.config, cluster)
+    problems = check_config_file(args.config, cluster) + auth_problems(args.config)
     for problem in problems:
         print(f"preflight: {problem}", file=sys.stderr)
     return 1 if problems else 0

@@ -2,7 +2,8 @@
 
 Serve's gRPC proxy calls the ingress method named like the RPC (see grpc_service.py for
 how it routes). `GrpcMethods` is a mixin of `OpenAIIngress`, so a gRPC call runs the HTTP
-path's own pieces on the same replica: the API key check, the request model and its ranges
+path's own pieces on the same replica (after checking the `application` metadata names
+this application): the API key check, the request model and its ranges
 (a GenerateRequest is validated as the equivalent /v1/completions body), the model name,
 tokenization and limits (`build_choices`), the TokenStreamer with incremental
 detokenization and stop strings (`generate_choice`), and the mapping of downstream
@@ -19,7 +20,7 @@ message): the code and details arrive, the retry hint is in the details.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +95,24 @@ def failure_of(error: Exception, retry_after_s: int) -> GrpcFailure:
     )
 
 
+def check_application(metadata: Iterable[tuple[str, str | bytes]], served: str) -> None:
+    """Refuse a call whose `application` metadata names another Serve application: Serve's
+    gRPC proxy routes by that name only while several applications run, and sends every
+    call to the only one otherwise, whatever it names (a typo would pass unseen)."""
+    for key, value in metadata:
+        if key.lower() != "application":
+            continue
+        named = value.decode() if isinstance(value, bytes) else value
+        if named != served:
+            raise APIError(
+                404,
+                f"application {named!r} is not served here: the `application` metadata "
+                f"must be {served!r} (or left out while it is the only application)",
+                param="application",
+                code="application_not_found",
+            )
+
+
 def completion_body(
     request: llm_pb2.GenerateRequest, default_model: str, default_max_tokens: int
 ) -> bytes:
@@ -122,6 +141,7 @@ class GrpcMethods:
     """Mixin: the ingress's gRPC methods; the ingress provides the attributes below."""
 
     limits: LimitSettings
+    app_name: str  # the Serve application this ingress serves
     model_name: str
     streamer: TokenStreamer
     tokenizer: Any
@@ -209,6 +229,7 @@ class GrpcMethods:
         self, request: llm_pb2.GenerateRequest, grpc_context, trace: RequestTrace
     ) -> GrpcCall:
         """Authenticate and validate exactly as POST /v1/completions does."""
+        check_application(grpc_context.invocation_metadata(), self.app_name)
         token = bearer_token(grpc_context.invocation_metadata())
         self.api_keys.check(f"Bearer {token}" if token else None)
         size, limit = request.ByteSize(), self.limits.max_body_bytes

@@ -16,8 +16,10 @@ Design note: how Ray Serve 2.60's gRPC proxy reaches our code.
   `invocation_metadata()`, and `set_code()` / `set_details()` for errors (a code set before
   raising is kept by the proxy; otherwise an exception becomes INTERNAL).
 - Routing metadata: `application` picks the Serve application (optional while only one is
-  running), `request_id` and `multiplexed_model_id` are honoured as for HTTP. Credentials
-  travel as `authorization: Bearer <key>` metadata, as the HTTP header does.
+  running; then the proxy sends a call naming any application to it, so the ingress refuses
+  a name that is not its own: `grpc.check_application`), `request_id` and
+  `multiplexed_model_id` are honoured as for HTTP. Credentials travel as
+  `authorization: Bearer <key>` metadata, as the HTTP header does.
 - The proxy itself answers RESOURCE_EXHAUSTED when a deployment's queue is full
   (`max_queued_requests`), UNAVAILABLE when no replica can take the call and
   DEADLINE_EXCEEDED past `grpc_options.request_timeout_s`; our own errors map HTTP statuses

@@ -53,6 +53,7 @@ class OpenAIIngress(GrpcMethods):
         self.config = config
         self.limits = config.limits
         self.model_name = config.model_name
+        self.app_name = serve.get_replica_context().app_name
         self.streamer = AdmittedTokenStreamer(
             streamer or BatchingTokenStreamer(model_handle),
             Admission(config),

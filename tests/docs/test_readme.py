@@ -232,6 +232,16 @@ def replica_ids(details: dict, deployment: str) -> set[str]:
     return {replica["replica_id"] for replica in replicas}
 
 
+def assert_still_serving(cluster: DevCluster) -> None:
+    """A completion comes back, with no API key (the dev cluster has none)."""
+    response = httpx.post(
+        f"{cluster.base_url}/v1/completions",
+        json={"model": "tiny", "prompt": "still serving", "max_tokens": 4},
+        timeout=60,
+    )
+    assert response.status_code == 200, response.text
+
+
 def batcher_user_config(details: dict) -> dict:
     deployment = details["applications"]["llm"]["deployments"]["Batcher"]
     return deployment["deployment_config"].get("user_config") or {}
@@ -264,12 +274,7 @@ def test_make_deploy_changes_the_batch_policy_live(dev_cluster: DevCluster, tmp_
     # Reconfigured in place: the same batcher and model replicas, nothing restarted.
     assert replica_ids(after, "Batcher") == replica_ids(before, "Batcher")
     assert replica_ids(after, "ModelReplica") == replica_ids(before, "ModelReplica")
-    response = httpx.post(
-        f"{dev_cluster.base_url}/v1/completions",
-        json={"model": "tiny", "prompt": "still serving", "max_tokens": 4},
-        timeout=60,
-    )
-    assert response.status_code == 200
+    assert_still_serving(dev_cluster)
 
 
 # dev.yaml's batch policy with `max_wait_ms` mistyped, and other knobs changed beside it.
@@ -450,6 +455,65 @@ def test_make_deploy_of_a_config_that_cannot_start_fails_fast(
 
 @pytest.mark.slow
 @pytest.mark.ray
+def test_make_deploy_refuses_api_keys_set_only_in_its_own_shell(dev_cluster: DevCluster):
+    """The README's "Where API keys are read": before, `SERVE_APP_API_KEYS=... make deploy`
+    deployed without keys (the ingress reads the cluster's environment), and said nothing."""
+    before = dev_cluster.serve_details()
+    done = dev_cluster.run(
+        f"SERVE_APP_API_KEYS=sk-only-here make deploy CONFIG={dev_cluster.config}"
+    )
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert (
+        "SERVE_APP_API_KEYS is set in this shell, but the serving processes do not see it"
+        in done.stderr
+    )
+    assert "set it in the environment of `make run`" in done.stderr
+    assert "sk-only-here" not in done.stdout + done.stderr
+    assert "preflight: application 'llm': auth OFF (no API key in env SERVE_APP_API_KEYS)" in (
+        done.stdout
+    )
+    # Nothing was deployed: the same replicas serve as before, still without a key.
+    after = dev_cluster.serve_details()
+    assert after["applications"]["llm"]["status"] == "RUNNING"
+    assert replica_ids(after, "OpenAIIngress") == replica_ids(before, "OpenAIIngress")
+    assert_still_serving(dev_cluster)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_the_preflight_reports_the_keys_the_serving_side_will_have(
+    dev_cluster: DevCluster, tmp_path: Path
+):
+    """Keys from a file named in the config, and from the application's runtime_env
+    env_vars, count; neither the keys nor an EXPOSED warning (gRPC is on) are printed."""
+    keys = tmp_path / "keys"
+    keys.write_text("# two keys\nsk-file-1\nsk-file-2\n")
+    config = yaml.safe_load(dev_cluster.config.read_text())
+    [application] = config["applications"]
+    application["args"]["auth"] = {"api_keys_env": None, "api_keys_file": str(keys)}
+    from_env = {**application, "name": "llm-env", "route_prefix": "/env", "args": {}}
+    from_env["runtime_env"] = {"env_vars": {"SERVE_APP_API_KEYS": "sk-e1,sk-e2,sk-e3"}}
+    config["applications"].append(from_env)
+    checked = tmp_path / "keys.yaml"
+    checked.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    # The shell's value is the one the application's runtime_env gives: not refused.
+    done = dev_cluster.run(
+        "SERVE_APP_API_KEYS=sk-e1,sk-e2,sk-e3 RAY_AUTH_MODE=token "
+        f".venv/bin/python -m serve_app.preflight {checked}"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"preflight: application 'llm': auth ON (2 keys from file {keys})" in done.stdout
+    assert (
+        "preflight: application 'llm-env': auth ON (3 keys from env SERVE_APP_API_KEYS)"
+        in done.stdout
+    )
+    assert "sk-" not in done.stdout + done.stderr
+    assert "EXPOSED" not in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.ray
 def test_a_second_make_run_refuses_at_once_and_leaves_the_first_serving(
     dev_cluster: DevCluster,
 ) -> None:
@@ -462,9 +526,4 @@ def test_a_second_make_run_refuses_at_once_and_leaves_the_first_serving(
     assert f"port {dev_cluster.ray_port} (RAY_PORT) is in use" in done.stderr
     assert f"port {dev_cluster.http_port} (" in done.stderr  # the config's HTTP port too
     assert "ray start" not in done.stdout  # refused before starting anything
-    response = httpx.post(
-        f"{dev_cluster.base_url}/v1/completions",
-        json={"model": "tiny", "prompt": "still serving", "max_tokens": 4},
-        timeout=60,
-    )
-    assert response.status_code == 200
+    assert_still_serving(dev_cluster)

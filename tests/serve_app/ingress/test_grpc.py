@@ -15,7 +15,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from serve_app.engine.errors import EngineDeadError
 from serve_app.ingress.errors import APIError
-from serve_app.ingress.grpc import completion_body, failure_of
+from serve_app.ingress.grpc import check_application, completion_body, failure_of
 from serve_app.ingress.grpc_mapping import GrpcRequestError
 from serve_app.proto import llm_pb2
 
@@ -129,3 +129,16 @@ def test_min_tokens_is_checked_against_the_servers_default_max_tokens() -> None:
     with pytest.raises(GrpcRequestError) as caught:
         completion_body(request, "tiny", 32)
     assert caught.value.field_name == "min_tokens"
+
+
+def test_an_application_other_than_the_served_one_is_not_found() -> None:
+    """Serve's gRPC proxy sends a call to the only running application whatever its
+    `application` metadata names; before, a misspelt name was served as if right."""
+    check_application([("application", "llm")], "llm")
+    check_application([("authorization", "Bearer k")], "llm")  # optional: left out
+    with pytest.raises(APIError) as caught:
+        check_application([("application", b"lmm")], "llm")
+    failure = failure_of(caught.value, 1)
+    assert (failure.code, failure.http_status) == (grpc.StatusCode.NOT_FOUND, 404)
+    assert failure.details.startswith("application 'lmm' is not served here")
+    assert "must be 'llm'" in failure.details
