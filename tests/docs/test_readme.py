@@ -182,6 +182,29 @@ def test_metrics_are_on_the_fixed_port(dev_cluster: DevCluster) -> None:
     assert "ray_serve_app_requests_total" in metrics  # the fixture's warm-up request
 
 
+@pytest.mark.slow
+@pytest.mark.ray
+def test_a_grpc_application_name_that_is_not_served_is_not_found(dev_cluster: DevCluster) -> None:
+    """`make run`'s cluster runs one application, and Serve's gRPC proxy then routes every
+    call to it whatever `application` it names: the ingress itself refuses another name
+    (before: a misspelt name was served)."""
+    import grpc
+
+    from serve_app.proto import llm_pb2, llm_pb2_grpc
+
+    request = llm_pb2.GenerateRequest(prompt="x", max_tokens=2)
+    with grpc.insecure_channel(f"127.0.0.1:{dev_cluster.grpc_port}") as channel:
+        stub = llm_pb2_grpc.LLMStub(channel)
+        assert stub.Generate(request, metadata=[("application", "llm")], timeout=60).token_ids
+        for call in (stub.Generate, stub.GenerateStream):
+            with pytest.raises(grpc.RpcError) as refused:
+                list_or_reply = call(request, metadata=[("application", "lmm")], timeout=60)
+                if call is stub.GenerateStream:
+                    list(list_or_reply)
+            assert refused.value.code() == grpc.StatusCode.NOT_FOUND
+            assert "must be 'llm'" in refused.value.details()
+
+
 BURST_STREAMS = 128
 
 

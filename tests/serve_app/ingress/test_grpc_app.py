@@ -238,18 +238,6 @@ def test_unknown_model_is_not_found(stub, live_app):
         assert "gpt-9" in error.details()
 
 
-def test_an_application_name_that_is_not_served_is_not_found(stub, live_app):
-    """While one application runs, Serve's proxy routes every call to it: the ingress
-    itself must refuse another name (before: the call was served)."""
-    request = llm_pb2.GenerateRequest(prompt="x", max_tokens=2)
-    for method in (stub.Generate, stub.GenerateStream):
-        error = expect_error(
-            lambda m=method: m(request, metadata=metadata(live_app.api_key, "lmm"), timeout=30),
-            grpc.StatusCode.NOT_FOUND,
-        )
-        assert f"must be {APP_NAME!r}" in error.details()
-
-
 def test_full_replica_gives_resource_exhausted_with_retry_after(stub, live_app, small_app):
     """One long stream runs; of two more calls one is queued and one refused, whichever
     comes second (nothing finishes meanwhile); a later call is refused as well."""
