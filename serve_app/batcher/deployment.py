@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from serve_app.abort_channel import AbortSender, LazyAbortListener
 from serve_app.batch_call import BatchCall
-from serve_app.batcher.failover import backoff_s, is_drain, is_replica_failure
+from serve_app.batcher.failover import backoff_s, is_replica_failure, resume_reason
 from serve_app.batcher.policy import (
     AdaptiveBatchPolicy,
     BatchPolicyConfig,
@@ -49,7 +49,7 @@ from serve_app.batcher.request_state import RequestState
 from serve_app.config import AppConfig
 from serve_app.engine.mailbox import Mailbox
 from serve_app.messages import BatchMessage, BatchRequest, TaggedChunk
-from serve_app.metrics import BatcherMetrics
+from serve_app.metrics import RETRY_REASONS, BatcherMetrics
 
 logger = logging.getLogger(__name__)
 # Serve's replica logger: the replica's log file, and stderr (`make run`'s terminal).
@@ -84,6 +84,7 @@ class Batcher:
         self._rng = random.Random()
         self.num_failovers = 0
         self.failover_reasons: Counter[str] = Counter()  # replica_died / node_drained
+        self.retry_reasons: Counter[str] = Counter()  # overloaded: every queue was full
         self._abort_sender = abort_sender or AbortSender()
         self._abort_listener = LazyAbortListener(on_abort=self.abort_requests)
         self._queue: deque[_Waiter] = deque()
@@ -159,6 +160,7 @@ class Batcher:
             "batch_size_counts": dict(self.batch_size_counts),
             "num_failovers": self.num_failovers,
             "failover_reasons": dict(self.failover_reasons),
+            "retry_reasons": dict(self.retry_reasons),
             "policy": self.policy.config.to_dict(),
             "rejected_user_config": self.rejected_user_config,
             "window_s": snapshot.window_s,
@@ -259,19 +261,24 @@ class Batcher:
                 error,
             )
             return False
-        waiter.num_failovers += 1
-        self.num_failovers += 1
-        reason = "node_drained" if is_drain(error) else "replica_died"
-        self.failover_reasons[reason] += 1
-        self.metrics.record_failover(reason)
+        waiter.num_failovers += 1  # every resume counts against max_attempts
+        reason = resume_reason(error)
+        if reason in RETRY_REASONS:  # overload: no replica failed, so no failover
+            self.retry_reasons[reason] += 1
+            self.metrics.record_retry(reason)
+        else:
+            self.num_failovers += 1
+            self.failover_reasons[reason] += 1
+            self.metrics.record_failover(reason)
         waiter.call = None
         delay_s = backoff_s(
             waiter.num_failovers, settings.backoff_s, settings.max_backoff_s, self._rng
         )
         logger.info(
-            "request %s: failover %d after %d tokens in %.2fs (%r)",
+            "request %s: resume %d (%s) after %d tokens in %.2fs (%r)",
             waiter.state.request_id,
             waiter.num_failovers,
+            reason,
             len(waiter.state.output_ids),
             delay_s,
             error,

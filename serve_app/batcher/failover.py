@@ -36,6 +36,18 @@ def is_drain(error: BaseException) -> bool:
     return isinstance(error, ReplicaDrainingError | BatchStreamEndedError)
 
 
+def resume_reason(error: BaseException) -> str:
+    """Why a replica failure is resumed: `node_drained` (handed back), `overloaded` (every
+    replica's queue was full: a retry, no replica failed) or `replica_died`. The first and
+    last are failovers (metrics.FAILOVER_REASONS), `overloaded` a retry (RETRY_REASONS)."""
+    cause = getattr(error, "cause", None) or error
+    if is_drain(error):
+        return "node_drained"
+    if isinstance(error, BackPressureError) or isinstance(cause, BackPressureError):
+        return "overloaded"
+    return "replica_died"
+
+
 def backoff_s(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:
     """Full jitter: uniform in [0, min(max_s, base_s * 2**(attempt - 1))], attempt >= 1."""
     return rng.uniform(0.0, min(max_s, base_s * 2 ** (attempt - 1)))

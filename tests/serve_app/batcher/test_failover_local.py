@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from contextlib import aclosing
 
 import pytest
 from ray.exceptions import ActorDiedError
+from ray.serve.exceptions import BackPressureError
 
 from serve_app.batcher.failover import backoff_s, is_replica_failure
 from serve_app.engine.engine import LLMEngine, RequestError
@@ -24,12 +26,20 @@ FAST_FAILOVER = {"backoff_s": 0.01, "max_backoff_s": 0.05}
 
 
 class DyingReplica(LocalHandle):
-    """The first `num_deaths` calls die (ActorDiedError) after `messages_before_death`."""
+    """The first `num_deaths` calls fail (`error()`, ActorDiedError by default) after
+    `messages_before_death`."""
 
-    def __init__(self, inner: LocalHandle, num_deaths: int, messages_before_death: int) -> None:
+    def __init__(
+        self,
+        inner: LocalHandle,
+        num_deaths: int,
+        messages_before_death: int,
+        error: Callable[[], BaseException] = ActorDiedError,
+    ) -> None:
         super().__init__(inner._generate_batch, inner.channel_name)
         self.num_deaths = num_deaths
         self.messages_before_death = messages_before_death
+        self.error = error
         self.resumed: list[BatchRequest] = []
 
     def remote(self, requests: list[BatchRequest]):
@@ -43,17 +53,22 @@ class DyingReplica(LocalHandle):
         async with aclosing(super()._named(stream)) as messages:
             async for message in messages:
                 if dies and sent == self.messages_before_death:
-                    raise ActorDiedError()  # closing the stream aborts the rest on the engine
+                    raise self.error()  # closing the stream aborts the rest on the engine
                 sent += 1
                 yield message
 
 
-def local_with_dying_replica(num_deaths: int, failover: dict | None = None) -> tuple:
+def local_with_dying_replica(
+    num_deaths: int,
+    failover: dict | None = None,
+    messages_before_death: int = 4,
+    error: Callable[[], BaseException] = ActorDiedError,
+) -> tuple:
     local = Local({"max_wait_ms": 500, "target_ttft_ms": 10_000, "max_batch_size": 8})
     local.batcher._failover = local.batcher._failover.model_copy(
         update={**FAST_FAILOVER, **(failover or {})}
     )
-    dying = DyingReplica(local.to_replica, num_deaths, messages_before_death=4)
+    dying = DyingReplica(local.to_replica, num_deaths, messages_before_death, error)
     local.batcher._replica = dying
     return local, dying
 
@@ -111,6 +126,25 @@ def test_failover_off_or_exhausted_hands_the_failure_to_the_caller():
     results = asyncio.run(run_all(local, params))
     assert all(isinstance(result, ActorDiedError) for result in results)
     assert local.batcher.num_failovers == 2 * len(params)
+    local.replica.engine.shutdown()
+
+
+def test_a_full_replica_queue_is_an_overload_retry_not_a_replica_death():
+    """Serve's BackPressureError (every replica's queue full) is retried like a failure, but
+    no replica failed: it counts as an `overloaded` retry, and the failover counters (which
+    page ServeAppFailoverStorm) stay at 0. Before: a `replica_died` failover, and the
+    retries counter was never set."""
+    params = [SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)] * 2
+
+    def full() -> BackPressureError:
+        return BackPressureError(num_queued_requests=4, max_queued_requests=4)
+
+    local, _ = local_with_dying_replica(num_deaths=1, messages_before_death=0, error=full)
+    results = asyncio.run(run_all(local, params))
+    assert [tokens for tokens, _ in results] == expected(params)
+    stats = asyncio.run(local.batcher.stats())
+    assert stats["failover_reasons"] == {} and stats["num_failovers"] == 0
+    assert stats["retry_reasons"] == {"overloaded": len(params)}
     local.replica.engine.shutdown()
 
 
