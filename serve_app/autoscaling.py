@@ -113,8 +113,14 @@ def decide_replicas(
     queued_at_handles: float = 0.0,
 ) -> Decision:
     """How many replicas the reported load needs. Pure: the unit tests drive it directly."""
-    if not loads:  # no report yet (replicas starting): keep what there is
-        return Decision(max(current, targets.floor), low_load_since, "hold")
+    if not loads:
+        if current == 0 and queued_at_handles > 0:  # scaled to zero, and a request waits
+            # As many as the queue wants, capped as a proportional step is (x4 of one).
+            wanted = min(
+                math.ceil(queued_at_handles / targets.waiting_requests), MAX_UPSCALE_FACTOR
+            )
+            return Decision(max(1, int(wanted), targets.floor), None, "up:queue")
+        return Decision(max(current, targets.floor), low_load_since, "hold")  # starting
     pressure = load_pressure(loads, targets, queued_at_handles)
     # Full running slots alone are no reason to grow: a replica at max_num_seqs queues the
     # rest, which the queue signal sees; they only stop a downscale.

@@ -113,6 +113,18 @@ def test_scale_to_zero_only_when_nothing_runs():
 
 def test_no_reports_yet_holds():
     assert decide_replicas([], 3, TARGETS, None, now=0.0).reason == "hold"
+    assert decide_replicas([], 3, TARGETS, None, now=0.0, queued_at_handles=9).reason == "hold"
+
+
+def test_a_request_waiting_at_zero_replicas_scales_up_from_zero():
+    """At zero replicas nothing reports; a call queued at the handles must bring one up
+    (before: the policy held at 0, and only Serve's own cold-start path rescued it)."""
+    assert decide_replicas([], 0, TARGETS, None, now=0.0).num_replicas == 0
+    up = decide_replicas([], 0, TARGETS, 5.0, now=0.0, queued_at_handles=1)
+    assert (up.num_replicas, up.reason, up.low_load_since) == (1, "up:queue", None)
+    assert decide_replicas([], 0, TARGETS, None, now=0.0, queued_at_handles=50).num_replicas == 4
+    policy = EngineLoadPolicy(waiting_requests=2)
+    assert policy(_context({}, 0, {}, queued=1.0))[0] == 1  # Serve's own context type
 
 
 def _context(
