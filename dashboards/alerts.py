@@ -154,7 +154,9 @@ ALERTS = (
     Alert(
         "ServeAppReplicasUnhealthy",
         "Fewer healthy model replicas than the threshold",
-        f'sum({m.SERVE_REPLICA_HEALTHY}{{deployment="{REPLICA_NAME}"}})',
+        # `or vector(0)`: with no healthy-replica series at all (every replica gone, Serve
+        # down) a bare sum() is empty and the alert would stay silent.
+        f'(sum({m.SERVE_REPLICA_HEALTHY}{{deployment="{REPLICA_NAME}"}}) or vector(0))',
         "<",
         1,
         "5m",

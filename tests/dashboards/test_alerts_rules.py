@@ -52,3 +52,32 @@ def test_every_alert_has_a_runbook_entry():
         )
         for part in (alert.meaning, alert.check, alert.action):
             assert part in readme
+
+
+def test_replicas_unhealthy_fires_when_no_replica_reports_at_all(tmp_path):
+    """promtool's rule unit test: one healthy replica, then none, then no series at all (every
+    replica and its exporter gone). Before: `sum(...) < 1` was empty without series, silent."""
+    rules = tmp_path / "alerts.yaml"
+    rules.write_text(yaml.safe_dump(alerts.rule_file()))
+    series = f'{alerts.m.SERVE_REPLICA_HEALTHY}{{deployment="{alerts.REPLICA_NAME}"}}'
+    [rule] = [a.rule() for a in alerts.ALERTS if a.name == "ServeAppReplicasUnhealthy"]
+    annotations = rule["annotations"] | {
+        "description": rule["annotations"]["description"].replace("{{ $value }}", "0")
+    }
+    firing = [{"exp_labels": {"severity": "page"}, "exp_annotations": annotations}]
+    case = {
+        "interval": "1m",
+        "input_series": [{"series": series, "values": "1 1 1 1 1 0 0 0 0 0"}],
+        "alert_rule_test": [
+            {"eval_time": "4m", "alertname": "ServeAppReplicasUnhealthy", "exp_alerts": []},
+            {"eval_time": "8m", "alertname": "ServeAppReplicasUnhealthy", "exp_alerts": firing},
+            # Past the last sample, plus Prometheus' 5 min staleness: no series at all.
+            {"eval_time": "20m", "alertname": "ServeAppReplicasUnhealthy", "exp_alerts": firing},
+        ],
+    }
+    unit = tmp_path / "unhealthy_test.yaml"
+    unit.write_text(yaml.safe_dump({"rule_files": [str(rules)], "tests": [case]}))
+    result = subprocess.run(
+        [require("promtool"), "test", "rules", str(unit)], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
