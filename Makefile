@@ -85,19 +85,26 @@ test-latest: $(STAMP)
 
 # The cluster lives as long as `serve run` (Ctrl-C stops both): `ray start --block` in the
 # background, stopped by the trap; the preflight waits for it and checks CONFIG against it.
-# First, every port it will take must be free (a second `make run` refuses at once).
+# First, every port it will take must be free (a second `make run` refuses at once). The
+# ready line (serve_app/ready_line.py) waits in the background for the app to answer, then
+# prints its addresses; the trap stops it too.
 run: $(STAMP)
 	@$(BIN)/python -m serve_app.dev_ports $(CONFIG) RAY_PORT=$(RAY_PORT) \
 	    DASHBOARD_PORT=$(DASHBOARD_PORT) METRICS_PORT=$(METRICS_PORT)
 	@$(BIN)/ray get-auth-token --generate >/dev/null
-	@trap 'kill $$ray_pid 2>/dev/null; wait $$ray_pid' EXIT; trap 'exit 130' INT TERM; \
+	@trap 'kill $$ready_pid $$ray_pid 2>/dev/null; wait $$ray_pid' EXIT; trap 'exit 130' INT TERM; \
 	$(HUGE_PAGES) $(BIN)/ray start --head --block --disable-usage-stats \
 	    --port=$(RAY_PORT) --dashboard-host=127.0.0.1 --dashboard-port=$(DASHBOARD_PORT) \
 	    --metrics-export-port=$(METRICS_PORT) $(RAY_START_ARGS) & ray_pid=$$!; \
+	$(BIN)/python -m serve_app.ready_line $(CONFIG) METRICS_PORT=$(METRICS_PORT) \
+	    DASHBOARD_PORT=$(DASHBOARD_PORT) & ready_pid=$$!; \
 	$(BIN)/python -m serve_app.preflight --wait-s 120 $(CONFIG) && $(BIN)/serve run $(CONFIG)
 
-# Against `make run`'s cluster, from another terminal.
+# Against `make run`'s cluster, from another terminal: first, one line at once if nothing
+# listens at its ports (Ray's CLI would time out after a minute with a traceback).
 status: $(STAMP)
+	@$(BIN)/python -m serve_app.dev_ports --running RAY_PORT=$(RAY_PORT) \
+	    DASHBOARD_PORT=$(DASHBOARD_PORT)
 	$(BIN)/serve status
 	$(BIN)/ray status
 

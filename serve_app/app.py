@@ -17,16 +17,20 @@ from ray.serve.config import RequestRouterConfig
 
 from serve_app.autoscaling import autoscaling_config
 from serve_app.batcher.deployment import Batcher
-from serve_app.config import AppConfig, load_app_config
+from serve_app.cli_errors import one_line_on_exit
+from serve_app.config import AppConfig, AppConfigError, load_app_config
 from serve_app.deployment_names import BATCHER_NAME, INGRESS_NAME, REPLICA_NAME
 from serve_app.ingress.http import OpenAIIngress
 from serve_app.placement import with_frontend_placement, with_replica_placement
-from serve_app.preflight import check_app
+from serve_app.preflight import PreflightError, check_app
 from serve_app.replica.deployment import ModelReplica
 from serve_app.replica.router import DrainAwareRouter
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
+    # `serve run serve_app.app:build_app ...` calls this in its own process and lets what it
+    # raises end that process: the cause as one line, not the traceback above it.
+    one_line_on_exit("serve run", AppConfigError, PreflightError)
     config = load_app_config(args)
     check_app(config)  # model, TP split and resources: fail here, not in the replicas
     # On a cluster (`placement.enabled`) each deployment is also told which nodes to use.

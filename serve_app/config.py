@@ -9,6 +9,7 @@ Serve's `http_options` (see deployments/dev.yaml), not to the application.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +28,16 @@ from serve_app.validation_errors import problem_lines
 
 class AppConfigError(ValueError):
     """The application config is invalid; the message names each bad field."""
+
+
+# Set (to anything but 0) for the traceback under a fail-fast error that our commands
+# (preflight, `serve run serve_app.app:build_app`, the preemption watcher, dashboards.push)
+# otherwise print as one line naming the field and the fix (serve_app/cli_errors.py).
+DEBUG_ENV = "SERVE_APP_DEBUG"
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "0") not in ("", "0")
 
 
 def _check_order(section: BaseModel, low: str, high: str) -> None:
@@ -220,7 +231,9 @@ class RequestLogSettings(_Section):
     enabled: bool = True
     include_text: bool = False
     max_text_chars: int = Field(1000, ge=0)  # of each logged prompt and output
-    file: Path | None = None  # append lines here; default: the ingress process's stderr
+    # Append lines here (a relative path: in the node's Ray session log directory, beside
+    # Serve's logs; serve_app/request_log.py); default: the ingress process's stderr.
+    file: Path | None = None
 
 
 class AppConfig(_Section):

@@ -21,13 +21,12 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from serve_app.auth_state import serving_auth_problems
+from serve_app.cli_errors import report
 from serve_app.cluster_resources import ClusterResources, Resources, current_cluster
 from serve_app.config import AppConfig, AppConfigError, load_app_config
 from serve_app.deploy_overrides import override_problems
-from serve_app.dev_ports import answers
+from serve_app.dev_ports import ServeConfigFileError, answers, read_serve_config
 from serve_app.engine.config import ConfigError
 from serve_app.engine.loader import read_architecture, safetensors_files
 from serve_app.engine.model_path import resolve_model_dir
@@ -121,7 +120,7 @@ def _show(resources: Resources) -> str:
 
 def check_config_file(path: Path, cluster: ClusterResources) -> list[str]:
     """The problems of every serve_app application in a Serve config file."""
-    serve_config = yaml.safe_load(path.read_text())
+    serve_config = read_serve_config(path)
     problems = []
     for application in serve_config.get("applications", []):
         if application.get("import_path") != IMPORT_PATH:
@@ -140,7 +139,7 @@ def check_config_file(path: Path, cluster: ClusterResources) -> list[str]:
 def auth_problems(path: Path) -> list[str]:
     """Each serve_app application's API keys as its serving processes will have them
     (serve_app/auth_state.py): printed, with the exposure warning; the problems."""
-    serve_config = yaml.safe_load(path.read_text())
+    serve_config = read_serve_config(path)
     applications = []
     for application in serve_config.get("applications", []):
         if application.get("import_path") != IMPORT_PATH:
@@ -184,12 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         "--wait-s", type=float, default=0, help="wait this long for a starting cluster"
     )
     args = parser.parse_args(argv)
+    # Each cause as one line (serve_app/cli_errors.py), never the traceback it ends.
     try:
         cluster = wait_for_cluster(args.wait_s)
-    except ConnectionError as error:
-        print(f"preflight: {error}", file=sys.stderr)
-        return 1
-    problems = check_config_file(args.config, cluster) + auth_problems(args.config)
+        problems = check_config_file(args.config, cluster) + auth_problems(args.config)
+    except (ConnectionError, ServeConfigFileError) as error:
+        return report("preflight", error)
     for problem in problems:
         print(f"preflight: {problem}", file=sys.stderr)
     return 1 if problems else 0

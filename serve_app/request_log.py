@@ -4,7 +4,9 @@ ingress fills in as the request runs (its metrics are recorded from the same tra
 A line holds ids, route, model, status, error code, token counts, timings and the
 client's idempotency key when it sent one; never a header or an API key. Prompt and output
 text are left out unless `request_log.include_text` is on, and then pass through the
-Redactor (serve_app/redaction.py) first.
+Redactor (serve_app/redaction.py) first. Lines go to the ingress's stderr, or to
+`request_log.file` (a relative path: in Ray's log directory; `make run`'s configs put them
+there, so a terminal shows warnings and errors, not a line per request).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from serve_app.config import RequestLogSettings
@@ -130,7 +133,7 @@ class RequestLog:
         self.logger = logging.Logger(LOGGER_NAME, logging.INFO)
         if settings.enabled:
             handler = (
-                logging.FileHandler(settings.file, encoding="utf-8")
+                logging.FileHandler(log_file(settings.file), encoding="utf-8")
                 if settings.file is not None
                 else logging.StreamHandler(sys.stderr)
             )
@@ -175,6 +178,20 @@ class RequestLog:
     def _text(self, text: str) -> str:
         # Redact before cutting, so a secret across the cut cannot leave a readable half.
         return self.redactor.redact(text)[: self.settings.max_text_chars]
+
+
+def log_file(file: Path) -> Path:
+    """Where `request_log.file` is: a relative path lies in the Ray session's log directory
+    of this node (`<Ray temp dir>/session_<...>/logs`, beside Serve's `serve/` logs), so a
+    Serve config can send lines to Ray's log directory without knowing where that is;
+    outside Ray, relative to the working directory."""
+    import ray
+
+    if not file.is_absolute() and ray.is_initialized():
+        context = ray.get_runtime_context()
+        file = Path(context.get_temp_dir()) / context.get_session_name() / "logs" / file
+    file.parent.mkdir(parents=True, exist_ok=True)
+    return file
 
 
 def serve_request_id() -> str:

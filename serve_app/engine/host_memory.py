@@ -14,7 +14,7 @@ its memory for transparent huge pages (2 MiB), which the `bench` workload runs f
 Both measured in bench/README.md, "Numbers behind the engine's code comments". Tunables are
 read when a process starts, so the engine cannot turn this on for itself: `make run` and
 `make bench` start their processes with it, and an engine whose process lacks it says so
-once (huge_pages_hint).
+once per machine (huge_pages_hint).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import functools
 import logging
 import os
 from pathlib import Path
+
+from serve_app.engine.model_path import cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -73,15 +75,34 @@ def malloc_uses_huge_pages() -> bool:
     return mode == "always" or (mode == "madvise" and HUGE_PAGE_TUNABLE in tunables)
 
 
+# Under the cache root ($SERVE_APP_CACHE): the hint has been shown on this machine.
+HINT_SHOWN_MARKER = Path("notes") / "huge-pages-hint-shown"
+
+
 @functools.cache
 def huge_pages_hint() -> str | None:
-    """Once per process: what to do where huge pages are available but unused, else None."""
+    """What to do where huge pages are available but unused, else None. Shown once per
+    machine (per cache root): every engine command repeating it was noise, so later
+    processes log it at DEBUG only."""
     if transparent_huge_page_mode() != "madvise" or malloc_uses_huge_pages():
         return None
     message = (
-        "host memory comes in 4 KiB pages: start the engine's process with "
-        f"GLIBC_TUNABLES={HUGE_PAGE_TUNABLE} for transparent huge pages "
+        "note (shown once): host memory comes in 4 KiB pages; start the engine's process "
+        f"with GLIBC_TUNABLES={HUGE_PAGE_TUNABLE} for transparent huge pages "
         "(4-8% faster on the bench workload; README, 'CPU kernels')"
     )
-    logger.warning(message)
+    first = first_time_here(cache_root() / HINT_SHOWN_MARKER)
+    logger.log(logging.WARNING if first else logging.DEBUG, message)
     return message
+
+
+def first_time_here(marker: Path) -> bool:
+    """True for the one process that creates `marker` (and where it cannot be written)."""
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.open("x").close()  # exclusive create: one process wins
+    except FileExistsError:
+        return False
+    except OSError:
+        return True
+    return True

@@ -3,7 +3,8 @@
 Every option is a WatcherConfig field (dashes for underscores); `--help` lists them. Once the
 node is draining the watcher stays up (serving its metrics) until SIGTERM/SIGINT or the
 machine goes; exit status 0 after a drain, 1 when stopped before any, 2 on an invalid config
-or an unreachable Ray cluster.
+or an unreachable Ray cluster. Where RAY_AUTH_MODE is unset and the node has Ray's token,
+it runs in token mode (drain.use_token_auth_where_a_token_exists).
 """
 
 from __future__ import annotations
@@ -17,8 +18,13 @@ import threading
 import httpx
 from prometheus_client import CollectorRegistry, start_http_server
 
+from serve_app.cli_errors import report
 from serve_app.preemption.config import WatcherConfig, WatcherConfigError, load_watcher_config
-from serve_app.preemption.drain import DrainError, RayNodeDrainer
+from serve_app.preemption.drain import (
+    DrainError,
+    RayNodeDrainer,
+    use_token_auth_where_a_token_exists,
+)
 from serve_app.preemption.notices import notice_source
 from serve_app.preemption.watcher import PreemptionWatcher, WatcherMetrics
 
@@ -40,9 +46,10 @@ def parse_args(argv: list[str] | None = None) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> int:
     try:
         config = load_watcher_config(parse_args(argv))
+        use_token_auth_where_a_token_exists()
         drainer = RayNodeDrainer(config.ray_address, config.node_id, config.request_timeout_s)
     except (WatcherConfigError, DrainError) as error:
-        print(error, file=sys.stderr)
+        report("serve_app.preemption", error)  # one line naming the option and the fix
         return 2
     registry = CollectorRegistry()
     watcher_metrics = WatcherMetrics.create(registry)

@@ -6,14 +6,35 @@ starts replacement replicas elsewhere, and the deadline tells everyone when it g
 
 from __future__ import annotations
 
+import os
 import socket
 from dataclasses import dataclass
+
+from serve_app.dev_ports import answers
 
 PREEMPTION_REASON_NAME = "DRAIN_NODE_REASON_PREEMPTION"
 
 
 class DrainError(RuntimeError):
     """The drain could not be requested (the GCS is unreachable, the node unknown)."""
+
+
+AUTH_MODE_ENV = "RAY_AUTH_MODE"
+
+
+def use_token_auth_where_a_token_exists() -> None:
+    """Token mode when RAY_AUTH_MODE is unset and this node has Ray's token (RAY_AUTH_TOKEN,
+    the file at RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token, as Ray's loader looks). A Ray 2.60
+    cluster with token auth (as `make run` starts) refuses a client that sends no token, and
+    Ray sends it only in token mode: without this the watcher failed there unless every
+    node's setup exported RAY_AUTH_MODE=token."""
+    if AUTH_MODE_ENV in os.environ:
+        return
+    from ray._private.authentication.authentication_token_setup import _enable_token_auth
+    from ray._raylet import AuthenticationTokenLoader
+
+    if AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+        _enable_token_auth()  # the variable, and Ray's cached config re-read (it was imported)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,18 +50,31 @@ class RayNodeDrainer:
         import ray._private.services as services
         from ray._raylet import GcsClient
 
-        try:
-            # An explicit host:port is used as given: Ray's canonical form would swap a
-            # loopback host for this machine's IP, where a loopback-only GCS is not listening.
-            self.gcs_address = (
-                services.canonicalize_bootstrap_address_or_die(ray_address)
-                if ray_address == "auto"
-                else ray_address
+        # An explicit host:port is used as given: Ray's canonical form would swap a
+        # loopback host for this machine's IP, where a loopback-only GCS is not listening.
+        if ray_address == "auto":
+            try:
+                self.gcs_address = services.canonicalize_bootstrap_address_or_die(ray_address)
+            except Exception:  # Ray's ConnectionError names its own CLI's `--address`
+                raise DrainError(
+                    "ray_address: found no Ray cluster on this node (auto: $RAY_ADDRESS, "
+                    "else the latest `ray start` here); pass --ray-address host:port of the "
+                    "cluster's GCS (`make run`'s: 127.0.0.1:RAY_PORT)"
+                ) from None
+        else:
+            self.gcs_address = ray_address
+        host, _, port = self.gcs_address.rpartition(":")
+        if not port.isdigit() or not answers(host, int(port), timeout_s=rpc_timeout_s):
+            # GcsClient would retry for a minute before saying so.
+            raise DrainError(
+                f"ray_address: nothing answers at {self.gcs_address}; pass --ray-address "
+                "host:port of a running cluster's GCS"
             )
+        try:
             self._gcs = GcsClient(address=self.gcs_address)
         except Exception as error:  # Ray raises ConnectionError, RuntimeError or SystemExit
             raise DrainError(
-                f"ray_address: cannot reach the GCS at {ray_address!r}: {error}"
+                f"ray_address: cannot reach the GCS at {self.gcs_address}: {error}"
             ) from None
         self._rpc_timeout_s = rpc_timeout_s
         self.node_id = node_id or self._node_on_this_host()

@@ -7,6 +7,7 @@ what arrived."""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
@@ -64,3 +65,17 @@ def test_push_uploads_every_dashboard_with_the_token():
     )
     assert all(u["overwrite"] and u["folderUid"] == push.FOLDER_UID for u in uploads)
     assert all(u["dashboard"]["panels"] for u in uploads)
+
+
+def test_push_to_an_unreachable_grafana_is_one_line_naming_the_url_and_the_fix(capsys, monkeypatch):
+    """Before: the HTTP client's traceback (three nested exceptions)."""
+    monkeypatch.delenv("SERVE_APP_DEBUG", raising=False)  # no traceback before the line
+    with socket.socket() as closed:  # a real loopback port that nothing listens on
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    assert push.main(["--url", url, "--token", "glsa_test_token"]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"dashboards.push: cannot reach Grafana at {url} (Connection refused): check --url "
+        "(scheme, host and port of Grafana's web address) and that Grafana is up"
+    )

@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from serve_app.batcher.policy import BatchPolicyConfig
+from tests.docs.conftest import free_port
 
 if TYPE_CHECKING:
     from conftest import DevCluster
@@ -445,7 +446,8 @@ def test_serve_run_fails_fast_with_the_cause(
     dev_cluster: DevCluster, argument: str, cause: str
 ) -> None:
     """The README's import-path form against the dev cluster (RAY_AUTH_MODE=token, as the
-    README says for Ray's CLI): non-zero, within a minute, the cause printed."""
+    README says for Ray's CLI): non-zero, within a minute, the cause printed as one line
+    (before: the last line of a ~20-line traceback)."""
     started = time.monotonic()
     done = dev_cluster.run(
         f"RAY_AUTH_MODE=token .venv/bin/serve run serve_app.app:build_app {argument}",
@@ -455,6 +457,9 @@ def test_serve_run_fails_fast_with_the_cause(
     assert done.returncode != 0
     assert cause in done.stdout + done.stderr
     assert elapsed < FAIL_FAST_S
+    [line] = [line for line in done.stderr.splitlines() if cause in line]
+    assert line.startswith("serve run: the application cannot start: ")
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.slow
@@ -550,3 +555,116 @@ def test_a_second_make_run_refuses_at_once_and_leaves_the_first_serving(
     assert f"port {dev_cluster.http_port} (" in done.stderr  # the config's HTTP port too
     assert "ray start" not in done.stdout  # refused before starting anything
     assert_still_serving(dev_cluster)
+
+
+# ---- what `make run`'s terminal shows (issue 28) -----------------------------------------
+READY_WAIT_S = 60
+REQUEST_LOG_FILE = "serve_app_requests.jsonl"  # deployments/dev*.yaml's request_log.file
+
+
+def wait_for_log_line(log: Path, needle: str, timeout_s: float = READY_WAIT_S) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in log.read_text(errors="replace").splitlines():
+            if needle in line:
+                return line
+        time.sleep(1)
+    pytest.fail(f"no line with {needle!r} in make run's output:\n{log.read_text()[-5000:]}")
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_make_run_prints_one_ready_line_with_the_addresses(dev_cluster: DevCluster) -> None:
+    line = wait_for_log_line(dev_cluster.log, "ready at http://")
+    assert f"ready at http://127.0.0.1:{dev_cluster.http_port}/v1" in line
+    assert f"metrics http://127.0.0.1:{dev_cluster.metrics_port}/metrics" in line
+    assert f"dashboard http://127.0.0.1:{dev_cluster.dashboard_port}" in line
+    assert dev_cluster.log.read_text().count("ready at http://") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_request_logs_go_to_a_file_in_rays_log_dir_not_the_terminal(
+    dev_cluster: DevCluster,
+) -> None:
+    """`make run`'s configs send request lines to Ray's log directory, and Serve's
+    per-call access lines are off: the terminal is left with start-up, warnings, errors."""
+    marker = f"log-check-{time.monotonic_ns()}"
+    response = httpx.post(
+        f"{dev_cluster.base_url}/v1/completions",
+        json={"model": "tiny", "prompt": "where do logs go", "max_tokens": 2},
+        headers={"Idempotency-Key": marker},
+        timeout=60,
+    )
+    assert response.status_code == 200
+    logs = Path(dev_cluster.env["RAY_TMPDIR"]) / "ray" / "session_latest" / "logs"
+    log_file = logs / REQUEST_LOG_FILE
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and marker not in (
+        log_file.read_text() if log_file.exists() else ""
+    ):
+        time.sleep(0.5)
+    assert marker in log_file.read_text(), f"no request line in {log_file}"
+    ready = wait_for_log_line(dev_cluster.log, "ready at http://")
+    assert f"request logs: {log_file}" in ready  # the line says where they go
+    time.sleep(2)  # what Ray forwards to the terminal arrives within a second or so
+    console = dev_cluster.log.read_text(errors="replace")
+    assert marker not in console
+    assert '"route": "/v1/completions"' not in console  # no request JSON at all
+    assert "POST /v1/completions 200" not in console  # nor Serve's access lines
+    assert "CALL generate_batch OK" not in console
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_make_status_with_another_ray_port_says_so_in_one_line(dev_cluster: DevCluster) -> None:
+    """`make run RAY_PORT=...` then `make status` without it: before, `serve status` went on
+    and `ray status` ended in a GCS-timeout traceback after a minute."""
+    wrong_port = free_port()
+    env = {**dev_cluster.env, "RAY_PORT": str(wrong_port)}
+    started = time.monotonic()
+    done = subprocess.run(
+        ["make", "status"], cwd=REPO, env=env, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode != 0
+    assert time.monotonic() - started < 10
+    expected = (
+        f"make status: no Ray cluster at 127.0.0.1:{wrong_port} (RAY_PORT): start `make run` "
+        "first, or pass the same RAY_PORT=... you gave make run"
+    )
+    assert expected in done.stderr.splitlines()
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+def test_the_preemption_watcher_runs_as_documented_on_the_dev_cluster(
+    dev_cluster: DevCluster, tmp_path: Path
+) -> None:
+    """The README's command, with no RAY_AUTH_MODE (it was an undocumented must): the watcher
+    reaches the cluster and polls; no notice comes, so it drains nothing, and SIGTERM ends it
+    (exit 1: stopped before any drain)."""
+    assert "RAY_AUTH_MODE" not in dev_cluster.env
+    command = [
+        ".venv/bin/python", "-m", "serve_app.preemption", "--provider", "file",
+        "--trigger-file", str(tmp_path / "never"), "--metrics-port", "0",
+        "--poll-interval-s", "0.5", "--log-level", "DEBUG",
+    ]  # fmt: skip
+    watcher = subprocess.Popen(
+        command, cwd=REPO, env=dev_cluster.env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        seen = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = watcher.stderr.readline()
+            if not line:
+                break  # it exited
+            seen.append(line)
+            if "no notice from" in line:
+                break
+        assert any("no notice from" in line for line in seen), "".join(seen)
+    finally:
+        watcher.terminate()
+        watcher.wait(timeout=30)
+    assert watcher.returncode == 1

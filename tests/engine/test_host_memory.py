@@ -109,3 +109,32 @@ def test_the_tunable_gives_a_process_huge_pages():
     assert huge_kib(host_memory.HUGE_PAGE_TUNABLE) >= 32 << 10, "most of 64 MiB in huge pages"
     if host_memory.transparent_huge_page_mode() == "madvise":
         assert huge_kib(None) == 0, "without the tunable, no huge pages in 'madvise' mode"
+
+
+SHOW_HINT = "from serve_app.engine.host_memory import huge_pages_hint; huge_pages_hint()"
+
+
+@pytest.mark.skipif(
+    host_memory.transparent_huge_page_mode() != "madvise",
+    reason="the hint exists only where THP is in 'madvise' mode",
+)
+def test_the_huge_pages_note_is_shown_once_per_machine_not_by_every_command(tmp_path):
+    """Before: every engine command (engine.cli, bench scripts) printed it."""
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env["SERVE_APP_CACHE"] = str(tmp_path)  # this test's "machine"
+
+    def stderr_of_an_engine_process() -> str:
+        return subprocess.run(
+            [sys.executable, "-c", SHOW_HINT],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=120,
+        ).stderr
+
+    first = stderr_of_an_engine_process()
+    assert "note (shown once)" in first and host_memory.HUGE_PAGE_TUNABLE in first
+    assert len(first.splitlines()) == 1
+    assert stderr_of_an_engine_process() == ""
+    assert stderr_of_an_engine_process() == ""

@@ -138,3 +138,30 @@ def test_make_deploy_without_a_cluster_says_start_make_run_within_10_s():
     assert done.returncode == 1
     assert f"no Ray cluster at 127.0.0.1:{port}: start `make run` first" in done.stderr
     assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [(None, "No such file or directory"), ("applications: [", "not YAML (")],
+    ids=["missing", "not-yaml"],
+)
+def test_an_unreadable_config_file_is_one_line_naming_it(tmp_path, monkeypatch, content, why):
+    """Before: the ~20-line traceback of a FileNotFoundError or a YAML ScannerError."""
+    config = tmp_path / "dev.yaml"
+    if content is not None:
+        config.write_text(content)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SERVE_APP_DEBUG")}
+    done = subprocess.run(
+        [sys.executable, "-m", "serve_app.preflight", str(config)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"preflight: CONFIG {config}: {why}")
+    assert line.endswith("pass a Serve config file, e.g. CONFIG=deployments/dev.yaml")
+    debug = subprocess.run(
+        [sys.executable, "-m", "serve_app.preflight", str(config)],
+        cwd=REPO, env={**env, "SERVE_APP_DEBUG": "1"}, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert debug.stderr.startswith("Traceback") and debug.stderr.splitlines()[-1] == line

@@ -4,6 +4,10 @@ margin before the notice's end; failures are counted and retried; metrics and lo
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
+import time
 from datetime import UTC, datetime
 
 import httpx
@@ -149,3 +153,27 @@ def test_an_aws_notice_served_over_http_becomes_a_drain_deadline_before_its_time
         assert watcher.poll_once() is Decision.DRAINED
     termination = datetime(2027, 1, 15, 8, 22, tzinfo=UTC).timestamp()
     assert drainer.calls[0][0] == termination - 15
+
+
+def test_cli_with_no_gcs_at_its_address_names_the_ray_address_flag_at_once():
+    """Before: Ray's GcsClient retried for ~40 s, then the error named no flag (and Ray's own
+    'no cluster found' message names `--address`, a flag this command does not have). In a
+    process of its own, as run: the watcher may set RAY_AUTH_MODE in its environment."""
+    from tests.serve_app.conftest import free_port
+
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    env = {k: v for k, v in os.environ.items() if k not in ("SERVE_APP_DEBUG", "RAY_ADDRESS")}
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "serve_app.preemption", "--provider", "file",
+         "--trigger-file", "/nonexistent/notice", "--metrics-port", "0",
+         "--ray-address", address],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert time.monotonic() - started < 15
+    [line] = done.stderr.splitlines()
+    assert line == (
+        f"serve_app.preemption: ray_address: nothing answers at {address}; pass --ray-address "
+        "host:port of a running cluster's GCS"
+    )
