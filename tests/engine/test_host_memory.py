@@ -84,6 +84,18 @@ for line in open("/proc/self/smaps_rollup"):
 """
 
 
+def python_with(env: dict[str, str], code: str) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter of this venv with environment `env`."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+
+
 @pytest.mark.skipif(
     host_memory.transparent_huge_page_mode() not in ("always", "madvise")
     or not os.path.exists("/proc/self/smaps_rollup"),
@@ -96,15 +108,7 @@ def test_the_tunable_gives_a_process_huge_pages():
         env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
         if tunables is not None:
             env["GLIBC_TUNABLES"] = tunables
-        result = subprocess.run(
-            [sys.executable, "-c", ALLOCATE_AND_REPORT],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        )
-        return int(result.stdout.split()[-1])
+        return int(python_with(env, ALLOCATE_AND_REPORT).stdout.split()[-1])
 
     assert huge_kib(host_memory.HUGE_PAGE_TUNABLE) >= 32 << 10, "most of 64 MiB in huge pages"
     if host_memory.transparent_huge_page_mode() == "madvise":
@@ -124,14 +128,7 @@ def test_the_huge_pages_note_is_shown_once_per_machine_not_by_every_command(tmp_
     env["SERVE_APP_CACHE"] = str(tmp_path)  # this test's "machine"
 
     def stderr_of_an_engine_process() -> str:
-        return subprocess.run(
-            [sys.executable, "-c", SHOW_HINT],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=120,
-        ).stderr
+        return python_with(env, SHOW_HINT).stderr
 
     first = stderr_of_an_engine_process()
     assert "note (shown once)" in first and host_memory.HUGE_PAGE_TUNABLE in first
