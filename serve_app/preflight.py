@@ -28,10 +28,10 @@ from serve_app.config import AppConfig, AppConfigError, load_app_config
 from serve_app.deploy_overrides import override_problems
 from serve_app.dev_ports import ServeConfigFileError, answers, read_serve_config
 from serve_app.engine.config import ConfigError
-from serve_app.engine.loader import read_architecture, safetensors_files
+from serve_app.engine.model_files import read_architecture, safetensors_files
 from serve_app.engine.model_path import resolve_model_dir
 from serve_app.engine.models.architecture import UnsupportedModelError
-from serve_app.engine.parallel.context import check_tensor_parallel_sizes
+from serve_app.engine.parallel.sizes import check_tensor_parallel_sizes
 from serve_app.exposure import warn_if_exposed
 
 IMPORT_PATH = "serve_app.app:build_app"

@@ -14,7 +14,7 @@ import torch
 
 from serve_app.engine.block_manager import BlockManager
 from serve_app.engine.config import EngineConfig
-from serve_app.engine.loader import eos_token_ids
+from serve_app.engine.model_files import eos_token_ids
 from serve_app.engine.model_input import build_model_input
 from serve_app.engine.model_path import resolve_model_dir
 from serve_app.engine.parallel.executor import Executor, make_executor

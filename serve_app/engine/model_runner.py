@@ -11,7 +11,8 @@ from serve_app.engine.attention_backend import make_attention_backend, resolve_a
 from serve_app.engine.config import ConfigError, EngineConfig
 from serve_app.engine.fast_paths import apply_fast_paths
 from serve_app.engine.host_memory import huge_pages_hint, keep_freed_host_memory
-from serve_app.engine.loader import load_weights, read_architecture
+from serve_app.engine.loader import load_weights
+from serve_app.engine.model_files import read_architecture
 from serve_app.engine.model_input import ModelInput
 from serve_app.engine.models.architecture import ModelArchitecture
 from serve_app.engine.models.registry import model_class_for

@@ -19,14 +19,14 @@ from serve_app.engine.async_engine import AsyncEngine
 from serve_app.engine.config import ConfigError, EngineConfig
 from serve_app.engine.engine import LLMEngine
 from serve_app.engine.errors import EngineDeadError, TensorParallelError
-from serve_app.engine.loader import read_architecture
-from serve_app.engine.parallel.context import check_tensor_parallel_sizes
+from serve_app.engine.model_files import read_architecture
 from serve_app.engine.parallel.executor import (
     InProcessExecutor,
     make_executor,
     plan_kv_blocks_over_ranks,
 )
 from serve_app.engine.parallel.multiproc_executor import MultiprocessExecutor
+from serve_app.engine.parallel.sizes import check_tensor_parallel_sizes
 from serve_app.engine.parallel.worker import KVMemoryReport
 from serve_app.engine.sampling_params import SamplingParams
 from tests.engine.checkpoints import VARIANTS, build_checkpoint

@@ -21,11 +21,12 @@ import torch
 
 from serve_app.engine.config import ConfigError, EngineConfig
 from serve_app.engine.errors import TensorParallelError
-from serve_app.engine.loader import read_architecture
+from serve_app.engine.model_files import read_architecture
 from serve_app.engine.model_input import ModelInput
 from serve_app.engine.model_runner import ModelRunner, resolve_device
-from serve_app.engine.parallel.context import SINGLE_DEVICE, check_tensor_parallel_sizes
+from serve_app.engine.parallel.context import SINGLE_DEVICE
 from serve_app.engine.parallel.group import Rendezvous, backend_for_device, open_rendezvous
+from serve_app.engine.parallel.sizes import check_tensor_parallel_sizes
 from serve_app.engine.parallel.worker import KVMemoryReport, TensorParallelWorker
 
 STARTUP_TIMEOUT_S = 600.0  # loading a large checkpoint on every rank
