@@ -95,6 +95,14 @@ def calls_per_replica(config: AppConfig, num_replicas: int) -> int:
     return -(-config.admission_bound // num_replicas) + CALL_MARGIN
 
 
+# Serve's proxy counts every arrival not yet handed to an ingress replica as queued, and a
+# burst arrives faster than the proxy hands it over. The ingress answers what admission
+# refuses with the API's JSON 429 at once, so the proxy may hold this many times an ingress
+# replica's calls waiting for it: a burst of up to that size meets admission's answer, not
+# the proxy's plain-text 429.
+INGRESS_BURST_FACTOR = 4
+
+
 def batcher_options(config: AppConfig) -> dict[str, Any]:
     settings = config.batcher
     return {
@@ -134,8 +142,12 @@ def rank_bundles(config: AppConfig) -> list[dict[str, float]]:
 
 def ingress_options(config: AppConfig) -> dict[str, Any]:
     settings = config.ingress
+    calls = calls_per_replica(config, settings.num_replicas)
+    options = settings.serve_options(INGRESS_NAME, calls)
+    if settings.max_queued_requests is None:
+        options["max_queued_requests"] = INGRESS_BURST_FACTOR * calls
     return {
-        **settings.serve_options(INGRESS_NAME, calls_per_replica(config, settings.num_replicas)),
+        **options,
         # If the ingress itself is full, the proxy answers 429 + Retry-After, not 503.
         "backpressure_config": {
             "status_code": 429,

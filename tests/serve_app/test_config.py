@@ -88,7 +88,7 @@ def test_dev_yaml_is_a_valid_serve_config_with_valid_args():
 
 
 def test_serve_limits_derive_from_the_admission_bound_unless_given():
-    from serve_app.app import CALL_MARGIN, batcher_options
+    from serve_app.app import CALL_MARGIN, INGRESS_BURST_FACTOR, batcher_options
 
     config = load_app_config({"engine": {"max_num_seqs": 16}, "replica": {"num_replicas": 2}})
     assert config.admission_bound == 16 * 2 + 1024
@@ -97,4 +97,6 @@ def test_serve_limits_derive_from_the_admission_bound_unless_given():
     assert (replica["max_ongoing_requests"], replica["max_queued_requests"]) == (share, share)
     whole = config.admission_bound + CALL_MARGIN  # one ingress and one batcher replica
     assert ingress_options(config)["max_ongoing_requests"] == whole
+    # A burst of several admission bounds waits at the proxy for admission's JSON 429.
+    assert ingress_options(config)["max_queued_requests"] == INGRESS_BURST_FACTOR * whole
     assert batcher_options(config)["max_ongoing_requests"] == whole
