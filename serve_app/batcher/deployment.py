@@ -237,6 +237,7 @@ class Batcher:
             self._abort_sender,
             on_first_token=self.policy.record_forward_latency,
             silence_timeout_s=self._failover.silence_timeout_s,
+            first_message_timeout_s=self._failover.first_message_timeout_s,
         )
         now = time.monotonic()
         for waiter in waiters:

@@ -42,9 +42,9 @@ class DyingReplica(LocalHandle):
         self.error = error
         self.resumed: list[BatchRequest] = []
 
-    def remote(self, requests: list[BatchRequest]):
+    def remote(self, requests: list[BatchRequest], routing=None):
         self.resumed += [r for r in requests if r.output_ids]
-        return super().remote(requests)
+        return super().remote(requests, routing)
 
     async def _named(self, stream):
         dies = self.num_deaths > 0
