@@ -1,6 +1,7 @@
 """DrainAwareRouter: replicas on draining nodes get no new batch while another replica can
 take it; when every replica drains, they still serve (their batches are handed back). A
-call's RoutingHint hears which replica accepted the call."""
+call's RoutingHint keeps it off the replicas that failed its requests while another one
+is left, and hears which replica accepted the call."""
 
 from __future__ import annotations
 
@@ -74,6 +75,21 @@ def test_replicas_on_a_draining_node_are_not_offered_while_others_serve():
 def test_when_every_node_drains_the_replicas_still_serve():
     assert choices({"n1": 1e12, "n2": 1e12, "n3": 1e12}, REPLICAS) == {"a", "b", "c"}
     assert asyncio.run(router_seeing({}).choose_replicas([])) == []
+
+
+def test_a_call_avoids_the_replicas_that_failed_it_while_another_is_left():
+    """Issue 26.2: a replica whose engine died while its actor lives stays routable and,
+    empty, wins the two choices; the hint keeps the retries off it."""
+    assert choices({}, REPLICAS, routing=RoutingHint(frozenset({"a"}))) == {"b", "c"}
+    assert choices({}, REPLICAS, routing=RoutingHint(frozenset({"a", "c"}))) == {"b"}
+    # A draining replica can still serve; one that failed the call cannot.
+    assert choices({"n2": 1e12}, REPLICAS, routing=RoutingHint(frozenset({"a", "c"}))) == {"b"}
+    # Nothing else left: the failed replicas are offered rather than none.
+    assert choices({}, REPLICAS, routing=RoutingHint(frozenset({"a", "b", "c"}))) == {
+        "a",
+        "b",
+        "c",
+    }
 
 
 def test_the_router_tells_the_call_which_replica_accepted_it():
