@@ -6,16 +6,24 @@ every request's new tokens since the last one. The call hands each message's chu
 `deliver` in one go (the caller fans them out to its own waiters), tells every request
 still open when the stream fails or ends early, and aborts single requests through the
 AbortChannel the server named in its first message (serve_app/abort_channel.py); when the
-last open request leaves, it cancels the whole stream instead. With a silence timeout, a
-stream that has started and then sends nothing (not even the server's heartbeat) for that
-long fails every open request with BatchStreamSilentError. The call runs in a fresh
+last open request leaves, it cancels the whole stream instead. The call runs in a fresh
 context, outside any caller's Serve request context, so that no single caller's
 cancellation reaches a call it shares with others.
+
+The watchdog: a call whose server is gone without a trace (a vanished node leaves a gRPC
+stream open, with no error) fails every open request with BatchStreamSilentError, from the
+moment it is sent. Until the first message it has `first_message_timeout_s` (generous: the
+call may legitimately wait in Serve's router for a replica to start); once the model
+replicas' router reports that a replica accepted it (`routing`, serve_app/routing_hint.py),
+and between messages, `silence_timeout_s` (a replica sends at least a heartbeat every few
+seconds). The same hint names the replica that accepted the call (`replica_id`) and the
+replicas the call must avoid.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import time
 from collections.abc import Callable
@@ -26,6 +34,7 @@ from ray.serve.exceptions import DeploymentUnavailableError
 from serve_app.abort_channel import AbortSender
 from serve_app.engine.errors import EngineDeadError
 from serve_app.messages import BatchRequest, ReplicaDrainingError, TaggedChunk
+from serve_app.routing_hint import ROUTING_KWARG, RoutingHint
 
 
 class BatchAbortedError(RuntimeError):
@@ -63,6 +72,8 @@ class BatchCall:
         abort_sender: AbortSender,
         on_first_token: Callable[[float], None] | None = None,
         silence_timeout_s: float | None = None,
+        first_message_timeout_s: float | None = None,
+        avoid_replicas: frozenset[str] = frozenset(),
     ) -> None:
         self._handle = handle
         self.requests = requests
@@ -73,11 +84,17 @@ class BatchCall:
         self._abort_channel: str | None = None
         self._unsent_aborts: list[str] = []
         self.task: asyncio.Task | None = None
-        # Once the stream has started, a server sends at least a heartbeat every few
-        # seconds (serve_app/replica/batch_runner.py); longer silence fails the call.
+        self._avoid = avoid_replicas
+        self.replica_id: str | None = None  # the Serve replica that accepted the call
+        # The watchdog (module docstring); loop times.
         self._silence_timeout_s = silence_timeout_s
-        self._last_message_s = 0.0
-        self._silent = False
+        self._first_message_timeout_s = first_message_timeout_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sent_s = 0.0
+        self._last_message_s = 0.0  # or when a replica accepted the call
+        self._heard_from_server = False  # a message arrived, or a replica accepted the call
+        self._first_message = False
+        self._silent: str | None = None  # why the watchdog cancelled the call
         self._watchdog: asyncio.TimerHandle | None = None
 
     def start(self) -> asyncio.Task:
@@ -107,7 +124,10 @@ class BatchCall:
 
     async def _run(self) -> None:
         started_s = time.monotonic()
-        responses = self._handle.remote(self.requests)
+        self._loop = asyncio.get_running_loop()
+        self._sent_s = self._loop.time()
+        responses = self._send()
+        self._arm_watchdog()
         stream_ended = False
         awaiting_first_token = self._on_first_token is not None
         try:
@@ -127,9 +147,8 @@ class BatchCall:
             stream_ended = True
             self._fail(BatchStreamEndedError("the batch stream ended before its requests did"))
         except asyncio.CancelledError:  # by `leave` once nobody waits, at shutdown, or silence
-            if self._silent:
-                timeout = self._silence_timeout_s
-                self._fail(BatchStreamSilentError(f"no message from the server in {timeout} s"))
+            if self._silent is not None:
+                self._fail(BatchStreamSilentError(self._silent))
                 return
             self._fail(BatchAbortedError("the batch call was cancelled"))
             raise
@@ -142,22 +161,75 @@ class BatchCall:
             if not stream_ended:
                 responses.cancel()
 
+    def _send(self):
+        """Start the call; with a watchdog or replicas to avoid, with a RoutingHint."""
+        watched = self._silence_timeout_s is not None or self._first_message_timeout_s is not None
+        if not (watched or self._avoid):
+            return self._handle.remote(self.requests)
+        hint = RoutingHint(self._avoid, on_routed=self._routed_from_any_thread)
+        return self._handle.remote(self.requests, **{ROUTING_KWARG: hint})
+
+    def _routed_from_any_thread(self, replica_id: str) -> None:
+        """The router's callback, on its own loop (maybe Serve's router thread)."""
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # this loop is closed: nobody waits
+            self._loop.call_soon_threadsafe(self._routed, replica_id)
+
+    def _routed(self, replica_id: str) -> None:
+        """A replica accepted the call: it answers within a heartbeat from now on."""
+        if self.task is None or self.task.done():
+            return
+        self.replica_id = replica_id
+        if not self._heard_from_server:
+            self._heard_from_server = True
+            self._last_message_s = asyncio.get_running_loop().time()
+            self._arm_watchdog()  # the silence bound may come before the first-message one
+
     def _heard(self) -> None:
-        """A message arrived: the server is alive (arms the watchdog after the first)."""
-        loop = asyncio.get_running_loop()
-        self._last_message_s = loop.time()
-        if self._watchdog is None and self._silence_timeout_s is not None:
-            self._watchdog = loop.call_later(self._silence_timeout_s, self._check_silence)
+        """A message arrived: the server is alive."""
+        self._last_message_s = asyncio.get_running_loop().time()
+        first = not self._first_message
+        self._heard_from_server = self._first_message = True
+        # After the first, a timer already armed re-checks when it fires: none per message.
+        if first or self._watchdog is None:
+            self._arm_watchdog()
+
+    def _deadline(self) -> tuple[float, str] | None:
+        """When the watchdog fails the call if nothing more arrives, and why."""
+        deadlines = []
+        if not self._first_message and self._first_message_timeout_s is not None:
+            timeout = self._first_message_timeout_s
+            deadlines.append(
+                (self._sent_s + timeout, f"no message from the server {timeout} s after the call")
+            )
+        if self._heard_from_server and self._silence_timeout_s is not None:
+            timeout = self._silence_timeout_s
+            server = f"replica {self.replica_id}" if self.replica_id else "the server"
+            deadlines.append(
+                (self._last_message_s + timeout, f"no message from {server} in {timeout} s")
+            )
+        return min(deadlines, default=None)
+
+    def _arm_watchdog(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        deadline = self._deadline()
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            self._watchdog = loop.call_at(deadline[0], self._check_silence)
 
     def _check_silence(self) -> None:
-        assert self._silence_timeout_s is not None and self.task is not None
-        loop = asyncio.get_running_loop()
-        quiet_s = loop.time() - self._last_message_s
-        if quiet_s >= self._silence_timeout_s:
-            self._silent = True
+        assert self.task is not None
+        self._watchdog = None
+        deadline = self._deadline()
+        if deadline is None:
+            return
+        if asyncio.get_running_loop().time() >= deadline[0]:
+            self._silent = deadline[1]
             self.task.cancel()
         else:
-            self._watchdog = loop.call_later(self._silence_timeout_s - quiet_s, self._check_silence)
+            self._arm_watchdog()
 
     def _started(self, abort_channel: str) -> None:
         self._abort_channel = abort_channel

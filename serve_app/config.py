@@ -132,15 +132,22 @@ class ReplicaSettings(DeploymentSettings):
 
 class FailoverSettings(_Section):
     """Mid-stream failover in the batcher (serve_app/batcher/failover.py): a request whose
-    replica fails is resumed on another with the tokens it already has."""
+    replica fails is resumed on another with the tokens it already has. The two timeouts
+    are the batch calls' watchdog (serve_app/batch_call.py); with `batcher.enabled=false`
+    they guard the ingress's calls to the replicas too (a failure is then a 503)."""
 
     enabled: bool = True
     max_attempts: int = Field(5, ge=1)  # resumes of one request, at most
     backoff_s: float = Field(0.2, ge=0)  # the first retry waits up to this (full jitter)
     max_backoff_s: float = Field(5.0, ge=0)  # doubling per attempt, capped here
     # A replica's batch stream silent this long (it sends a heartbeat every 2 s) is a dead
-    # replica: a node gone without a trace leaves a gRPC stream open, with no error.
+    # replica: a node gone without a trace leaves a gRPC stream open, with no error. Counted
+    # from the moment a replica accepts the call (Serve's router says so), then per message.
     silence_timeout_s: float = Field(15.0, ge=5)
+    # A call with no message this long after it was sent fails too, accepted or not (a node
+    # that vanished before a replica confirmed it): above a replica's cold start, since a
+    # call waits in Serve's router while no replica runs (scale to zero).
+    first_message_timeout_s: float = Field(300.0, ge=5)
 
 
 class BatcherSettings(DeploymentSettings):

@@ -35,7 +35,7 @@ import random
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from serve_app.abort_channel import AbortSender, LazyAbortListener
 from serve_app.batch_call import BatchCall
@@ -68,6 +68,8 @@ class _Waiter:
     call: BatchCall | None = None  # None while queued or waiting to be resumed
     num_failovers: int = 0
     retry: asyncio.TimerHandle | None = None  # a pending resume after a failure
+    # The replicas that failed it (Serve replica ids): its resumes avoid them.
+    failed_replicas: set[str] = field(default_factory=set)
 
 
 class Batcher:
@@ -237,6 +239,8 @@ class Batcher:
             self._abort_sender,
             on_first_token=self.policy.record_forward_latency,
             silence_timeout_s=self._failover.silence_timeout_s,
+            first_message_timeout_s=self._failover.first_message_timeout_s,
+            avoid_replicas=frozenset().union(*(w.failed_replicas for w in waiters)),
         )
         now = time.monotonic()
         for waiter in waiters:
@@ -270,6 +274,8 @@ class Batcher:
             self.num_failovers += 1
             self.failover_reasons[reason] += 1
             self.metrics.record_failover(reason)
+            if waiter.call is not None and waiter.call.replica_id is not None:
+                waiter.failed_replicas.add(waiter.call.replica_id)
         waiter.call = None
         delay_s = backoff_s(
             waiter.num_failovers, settings.backoff_s, settings.max_backoff_s, self._rng

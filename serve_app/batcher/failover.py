@@ -5,7 +5,10 @@ error is resumed on another replica with `prompt + tokens generated so far` (the
 treats those as its output: LLMEngine.add_request), so its caller's stream continues
 with no gap and no repeated token. A request the engine rejected (a ValueError such as
 RequestError) is never retried. Attempts are bounded; each waits a backoff with full
-jitter so that a burst of failed requests does not hammer the replica being replaced.
+jitter so that a burst of failed requests does not hammer the replica being replaced, and
+goes to a replica that has not failed the request yet while there is one (the call's
+RoutingHint, serve_app/routing_hint.py): a replica whose engine died while its actor lives
+stays routable until Serve's next health check, and would take every attempt.
 """
 
 from __future__ import annotations

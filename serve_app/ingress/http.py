@@ -55,7 +55,7 @@ class OpenAIIngress(GrpcMethods):
         self.model_name = config.model_name
         self.app_name = serve.get_replica_context().app_name
         self.streamer = AdmittedTokenStreamer(
-            streamer or BatchingTokenStreamer(model_handle),
+            streamer or BatchingTokenStreamer.for_config(model_handle, config),
             Admission(config),
             config.limits.retry_after_s,
         )

@@ -7,6 +7,9 @@ in the same event-loop turn (every choice of a request, and whatever other reque
 in with it) go down as ONE `generate_batch` call to the batcher, or to the model replicas
 when the batcher is off (serve_app/batch_call.py), and the call's per-step messages are
 fanned out to each request's mailbox: one wake-up per request per message, not per token.
+Calling the model replicas directly (`batcher.enabled=false`), its calls have the
+batcher's watchdog (`batcher.failover`'s timeouts, serve_app/batch_call.py): a replica
+gone without a trace fails its requests (a 503) instead of leaving them hanging.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Protocol
 
 from serve_app.abort_channel import AbortSender
 from serve_app.batch_call import BatchAbortedError, BatchCall
+from serve_app.config import AppConfig
 from serve_app.engine.mailbox import Mailbox
 from serve_app.engine.sampling_params import SamplingParams
 from serve_app.messages import BatchRequest, TaggedChunk, TokenChunk
@@ -32,12 +36,33 @@ class TokenStreamer(Protocol):
 class BatchingTokenStreamer:
     """A TokenStreamer over a deployment handle whose `generate_batch` streams BatchMessages."""
 
-    def __init__(self, handle, abort_sender: AbortSender | None = None) -> None:
+    def __init__(
+        self,
+        handle,
+        abort_sender: AbortSender | None = None,
+        silence_timeout_s: float | None = None,
+        first_message_timeout_s: float | None = None,
+    ) -> None:
         self._handle = handle.options(stream=True, method_name="generate_batch")
         self._abort_sender = abort_sender or AbortSender()
+        self._silence_timeout_s = silence_timeout_s
+        self._first_message_timeout_s = first_message_timeout_s
         self._pending: list[BatchRequest] = []
         self._mailboxes: dict[str, Mailbox] = {}  # open requests, by id
         self._calls: dict[str, BatchCall] = {}  # the call carrying each sent request
+
+    @classmethod
+    def for_config(cls, handle, config: AppConfig) -> BatchingTokenStreamer:
+        """The ingress's streamer over `handle`: the batcher, or (batcher off) the model
+        replicas, whose calls then get the watchdog (the batcher watches its own)."""
+        if config.batcher.enabled:
+            return cls(handle)
+        failover = config.batcher.failover
+        return cls(
+            handle,
+            silence_timeout_s=failover.silence_timeout_s,
+            first_message_timeout_s=failover.first_message_timeout_s,
+        )
 
     async def stream(
         self, prompt_ids: list[int], params: SamplingParams, request_id: str
@@ -69,7 +94,14 @@ class BatchingTokenStreamer:
         requests, self._pending = self._pending, []
         if not requests:
             return
-        call = BatchCall(self._handle, requests, self._deliver, self._abort_sender)
+        call = BatchCall(
+            self._handle,
+            requests,
+            self._deliver,
+            self._abort_sender,
+            silence_timeout_s=self._silence_timeout_s,
+            first_message_timeout_s=self._first_message_timeout_s,
+        )
         for request in requests:
             self._calls[request.request_id] = call
         call.start()

@@ -10,6 +10,12 @@ end with an empty TaggedChunk. Closing the stream (the caller cancelled) aborts 
 request still running. A request the engine rejects ends with its error; the others go on.
 `hand_back` ends every request with an error the caller resumes elsewhere (a drain).
 
+Each run of a request is its own sequence in the engine, with an attempt-scoped id
+(`<request id>#<n>`): a request resumed after a silence timeout can reach this very
+replica while its old stream is still open. The new run supersedes the old one (the old
+sequence is aborted and the old stream reports the request ended), and each stream's
+clean-up ends only the run it started, never the run that replaced it.
+
 A batch stream with nothing to say sends an empty message every HEARTBEAT_S (requests
 still waiting for the engine, a long prefill): its caller tells a replica that went
 silent (a node gone without a trace) from one that is busy (BatchCall's watchdog).
@@ -23,17 +29,28 @@ held), so every process downstream handles fewer, fuller messages.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 from serve_app.engine.async_engine import AsyncEngine
-from serve_app.engine.mailbox import Mailbox, RequestFailure
+from serve_app.engine.mailbox import EngineRequest, Mailbox, RequestFailure
 from serve_app.engine.request_output import RequestOutput
 from serve_app.messages import BatchMessage, BatchRequest, TaggedChunk, TokenChunk
 from serve_app.replica.chunk_coalescer import ChunkCoalescer
 
 HEARTBEAT_S = 2.0  # an idle batch stream's empty message, at most this far apart
 _HEARTBEAT = object()  # put into every live batch's mailbox once per HEARTBEAT_S
+
+
+@dataclass(eq=False, slots=True)
+class _Run:
+    """One run of a request on this replica: its id in the engine and its stream's sink."""
+
+    request_id: str
+    engine_id: str
+    sink: Mailbox
 
 
 def chunk_from_output(output: RequestOutput) -> TokenChunk:
@@ -60,7 +77,8 @@ class BatchRunner:
         self._stream_interval_tokens = stream_interval_tokens
         self._stream_interval_s = stream_interval_s  # the slice at a full engine
         self._on_cancelled = on_cancelled  # called with the number of requests left unfinished
-        self._sinks: dict[str, Mailbox] = {}  # live requests of every batch, by id
+        self._runs: dict[str, _Run] = {}  # the live run of each request of every batch, by id
+        self._attempts = itertools.count(1)  # numbers each run's engine id
         self._handed_back: BaseException | None = None  # set once the node drains
         self._heartbeat_s = heartbeat_s
         self._heartbeats: asyncio.Task | None = None
@@ -70,22 +88,26 @@ class BatchRunner:
         """End every live request, and every later batch at once, with `error`: the node is
         going away, and the caller resumes them elsewhere (serve_app/replica/drain.py)."""
         self._handed_back = error
-        for request_id, sink in list(self._sinks.items()):
-            del self._sinks[request_id]
-            self._engine.abort(request_id)
-            sink.put([RequestFailure(request_id, error)])
+        for run in list(self._runs.values()):
+            self._end(run, error)
 
     @property
     def num_live_requests(self) -> int:
-        return len(self._sinks)
+        return len(self._runs)
 
     def abort_requests(self, request_ids: list[str]) -> None:
         """Abort single requests of running batches; ids not (or no longer) here are ignored."""
         for request_id in request_ids:
-            sink = self._sinks.pop(request_id, None)
-            if sink is not None:
-                self._engine.abort(request_id)
-                sink.put([RequestFailure(request_id)])
+            run = self._runs.get(request_id)
+            if run is not None:
+                self._end(run)
+
+    def _end(self, run: _Run, error: BaseException | None = None) -> None:
+        """Stop a live run in the engine; its stream reports the request's end (`error`,
+        or an abort)."""
+        del self._runs[run.request_id]
+        self._engine.abort(run.engine_id)
+        run.sink.put([RequestFailure(run.engine_id, error)])
 
     async def run(
         self, requests: list[BatchRequest], abort_channel: str | None = None
@@ -100,10 +122,23 @@ class BatchRunner:
         coalescers = {
             request.request_id: ChunkCoalescer(self._stream_interval_tokens) for request in requests
         }
+        runs: dict[str, _Run] = {}  # this stream's runs, by engine id
         for request in requests:
-            self._sinks[request.request_id] = sink
+            previous = self._runs.get(request.request_id)
+            if previous is not None:  # resumed here while its old stream is still open
+                self._end(previous)
+            run = _Run(request.request_id, f"{request.request_id}#{next(self._attempts)}", sink)
+            self._runs[request.request_id] = runs[run.engine_id] = run
         try:
-            self._engine.add_requests(requests, sink)
+            self._engine.add_requests(
+                [
+                    EngineRequest(
+                        run.engine_id, request.prompt_ids, request.params, request.output_ids
+                    )
+                    for run, request in zip(runs.values(), requests, strict=True)
+                ],
+                sink,
+            )
             last_sent_s = 0.0
             beat_seen = self._beat
             while coalescers:
@@ -124,23 +159,29 @@ class BatchRunner:
                     if beat_seen != self._beat:
                         beat_seen = self._beat
                         items = [item for item in items if item is not _HEARTBEAT]
-                chunks = self._tag(items, coalescers)
+                chunks = self._tag(items, coalescers, runs)
                 if chunks:
                     yield BatchMessage(chunks, abort_channel)
                     abort_channel = None  # named in the first message only
                     last_sent_s = time.monotonic()
         finally:
-            for request_id in coalescers:  # left unfinished: the caller cancelled the stream
-                if self._sinks.pop(request_id, None) is not None:
-                    self._engine.abort(request_id)
+            for run in runs.values():  # left unfinished: the caller cancelled the stream
+                if run.request_id in coalescers:
+                    self._forget(run)
+                    self._engine.abort(run.engine_id)  # a no-op once the engine ended it
             if coalescers:
                 self._on_cancelled(len(coalescers))
+
+    def _forget(self, run: _Run) -> None:
+        """`run` ended: it is no longer the request's live run (unless replaced already)."""
+        if self._runs.get(run.request_id) is run:
+            del self._runs[run.request_id]
 
     async def _beat_forever(self) -> None:
         while True:
             await asyncio.sleep(self._heartbeat_s)
             self._beat += 1
-            for sink in set(self._sinks.values()):
+            for sink in {run.sink for run in self._runs.values()}:
                 sink.put([_HEARTBEAT])
 
     def _slice_s(self) -> float:
@@ -150,17 +191,20 @@ class BatchRunner:
         fullness = self._engine.num_active_streams / self._engine.max_num_seqs
         return self._stream_interval_s * min(1.0, fullness)
 
-    def _tag(self, items: list, coalescers: dict[str, ChunkCoalescer]) -> list[TaggedChunk]:
+    def _tag(
+        self, items: list, coalescers: dict[str, ChunkCoalescer], runs: dict[str, _Run]
+    ) -> list[TaggedChunk]:
         """One step's engine items as TaggedChunks; requests that end leave `coalescers`."""
         chunks = []
         for item in items:
-            request_id = item.request_id
+            run = runs[item.request_id]  # items carry engine ids
+            request_id = run.request_id
             coalescer = coalescers.get(request_id)
             if coalescer is None:
                 continue  # aborted: its end was already reported
             if isinstance(item, RequestFailure):
                 del coalescers[request_id]
-                self._sinks.pop(request_id, None)
+                self._forget(run)
                 chunks.append(TaggedChunk(request_id, None, item.error))
                 if item.error is None:
                     self._on_cancelled(1)
@@ -171,7 +215,7 @@ class BatchRunner:
             chunks.append(TaggedChunk(request_id, chunk))
             if chunk.finished:
                 del coalescers[request_id]
-                self._sinks.pop(request_id, None)
+                self._forget(run)
         return chunks
 
 

@@ -31,6 +31,7 @@ from serve_app.metrics import ReplicaMetrics, report_periodically
 from serve_app.replica.batch_runner import BatchRunner
 from serve_app.replica.drain import DrainHandback
 from serve_app.replica.ray_executor import make_llm_engine
+from serve_app.routing_hint import RoutingHint
 
 
 class ModelReplica:
@@ -60,8 +61,11 @@ class ModelReplica:
         self._drain_task: asyncio.Task | None = None
         self.load = EngineLoadReporter()  # what the autoscaling policy reads (TTFT, KV, queue)
 
-    async def generate_batch(self, requests: list[BatchRequest]) -> AsyncIterator[BatchMessage]:
-        """Run many requests in one stream (the batcher's call, or the ingress's)."""
+    async def generate_batch(
+        self, requests: list[BatchRequest], routing: RoutingHint | None = None
+    ) -> AsyncIterator[BatchMessage]:
+        """Run many requests in one stream (the batcher's call, or the ingress's). `routing`
+        is for the callers' router (serve_app/routing_hint.py); nothing here reads it."""
         self._start_metrics()
         if self._drain_task is None:  # started with the first batch, on Serve's loop
             self._drain_task = asyncio.get_running_loop().create_task(self._drain.watch())

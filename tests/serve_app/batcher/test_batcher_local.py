@@ -69,7 +69,9 @@ class LocalHandle:
     def options(self, **_) -> LocalHandle:
         return self
 
-    def remote(self, requests: list[BatchRequest]) -> _LocalResponses:
+    def remote(self, requests: list[BatchRequest], routing=None) -> _LocalResponses:
+        """`routing`: the RoutingHint a Serve router reads (tests/.../test_failover_local.py
+        routes between local replicas with it); one local server here."""
         self.calls.append([r.request_id for r in requests])
         return _LocalResponses(self._named(self._generate_batch(requests)))
 

@@ -2,7 +2,8 @@
 batcher resumes each of its requests elsewhere with the tokens it already has; every
 caller gets exactly the tokens (greedy, and seeded with penalties) and counts of a
 fault-free run, with no gap and no repeated token. A request the engine rejects is never
-retried, and failover switched off hands the failure to the caller."""
+retried, and failover switched off hands the failure to the caller. A request's resumes
+avoid the replicas that failed it (routed by the app's own DrainAwareRouter)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,28 @@ import asyncio
 import random
 from collections.abc import Callable
 from contextlib import aclosing
+from dataclasses import dataclass
 
 import pytest
 from ray.exceptions import ActorDiedError
+from ray.serve._private.common import DeploymentID, RequestMetadata
 from ray.serve.exceptions import BackPressureError
+from ray.serve.request_router import PendingRequest, ReplicaID
 
 from serve_app.batcher.failover import backoff_s, is_replica_failure
+from serve_app.draining_nodes import DrainingNodes
 from serve_app.engine.engine import LLMEngine, RequestError
 from serve_app.engine.errors import EngineDeadError
 from serve_app.engine.sampling_params import SamplingParams
 from serve_app.messages import BatchRequest
-from tests.serve_app.batcher.test_batcher_local import ENGINE_ARGS, PROMPTS, Local, LocalHandle
+from serve_app.replica.router import DrainAwareRouter
+from tests.serve_app.batcher.test_batcher_local import (
+    ENGINE_ARGS,
+    PROMPTS,
+    Local,
+    LocalHandle,
+    _LocalResponses,
+)
 
 FAST_FAILOVER = {"backoff_s": 0.01, "max_backoff_s": 0.05}
 
@@ -42,9 +54,9 @@ class DyingReplica(LocalHandle):
         self.error = error
         self.resumed: list[BatchRequest] = []
 
-    def remote(self, requests: list[BatchRequest]):
+    def remote(self, requests: list[BatchRequest], routing=None):
         self.resumed += [r for r in requests if r.output_ids]
-        return super().remote(requests)
+        return super().remote(requests, routing)
 
     async def _named(self, stream):
         dies = self.num_deaths > 0
@@ -173,4 +185,71 @@ def test_a_rejected_request_is_never_retried(failover):
 
     asyncio.run(run())
     assert local.batcher.num_failovers == 0
+    local.replica.engine.shutdown()
+
+
+@dataclass(frozen=True)
+class Replica:
+    """What DrainAwareRouter reads of Serve's RunningReplica."""
+
+    name: str
+    node_id: str
+
+    @property
+    def replica_id(self) -> ReplicaID:
+        return ReplicaID(self.name, DeploymentID(name="ModelReplica", app_name="llm"))
+
+
+class RoutedReplicas:
+    """A handle over several local replicas, routed as Serve routes the model replicas: the
+    app's DrainAwareRouter offers candidates for the call (its RoutingHint among the call's
+    keyword arguments), the one with the shorter queue takes it (Serve's probe), and the
+    router hears which replica accepted it (`on_request_routed`)."""
+
+    def __init__(self, replicas: dict[str, LocalHandle], queue_lengths: dict[str, int]) -> None:
+        self.replicas = replicas
+        self.queue_lengths = queue_lengths
+        self.candidates = [Replica(name, f"node-{name}") for name in replicas]
+        self.router = DrainAwareRouter.__new__(DrainAwareRouter)  # no Serve machinery needed
+        self.router.initialize_state()
+        self.router._draining = DrainingNodes(refresh_s=3600, query=dict)
+        self.routed: list[str] = []
+
+    def options(self, **_) -> RoutedReplicas:
+        return self
+
+    def remote(self, requests: list[BatchRequest], **kwargs) -> _LocalResponses:
+        return _LocalResponses(self._route_and_stream(requests, kwargs))
+
+    async def _route_and_stream(self, requests, kwargs):
+        metadata = RequestMetadata(request_id="call", internal_request_id="call")
+        pending = PendingRequest(args=[requests], kwargs=kwargs, metadata=metadata)
+        (offered,) = await self.router.choose_replicas(self.candidates, pending)
+        chosen = min(offered, key=lambda replica: self.queue_lengths[replica.name])
+        self.router.on_request_routed(pending, chosen.replica_id, None)
+        self.routed.append(chosen.name)
+        responses = self.replicas[chosen.name].remote(requests)
+        async with aclosing(responses._stream):
+            async for message in responses:
+                yield message
+
+
+def test_a_resume_avoids_the_replica_whose_dead_engine_failed_it():
+    """Issue 26.2: an engine that died while its actor lives fails every call at once, and
+    its replica, empty, is the one the two-choice router prefers. Before, every resume
+    went back to it until max_attempts ran out (503); now a request's resumes avoid the
+    replicas that failed it, so it finishes on the healthy one with fault-free tokens."""
+    params = [SamplingParams(max_tokens=16, temperature=0, ignore_eos=True)] * 2
+    local = Local({"max_wait_ms": 500, "target_ttft_ms": 10_000, "max_batch_size": 8})
+    local.batcher._failover = local.batcher._failover.model_copy(update=FAST_FAILOVER)
+    dead = DyingReplica(
+        local.to_replica, 10**6, 0, error=lambda: EngineDeadError("the engine loop failed")
+    )
+    routed = RoutedReplicas({"dead": dead, "healthy": local.to_replica}, {"dead": 0, "healthy": 3})
+    local.batcher._replica = routed
+    results = asyncio.run(run_all(local, params))
+    assert not [r for r in results if isinstance(r, BaseException)], results
+    assert [tokens for tokens, _ in results] == expected(params)
+    assert routed.routed.count("dead") == 1, routed.routed  # the first attempt only
+    assert local.batcher.failover_reasons == {"replica_died": len(params)}
     local.replica.engine.shutdown()

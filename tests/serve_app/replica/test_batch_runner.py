@@ -1,6 +1,7 @@
 """ModelReplica.generate_batch without Ray: a batch streams every request's greedy tokens,
 aborting one request of it frees that request alone, a request the engine rejects ends
-with its own error while the others complete, and a drain hands every request back."""
+with its own error while the others complete, a drain hands every request back, and a
+request resumed here while its old stream is still open takes over from it."""
 
 from __future__ import annotations
 
@@ -191,4 +192,40 @@ def test_a_stream_with_nothing_to_say_sends_heartbeats():
     tokens = asyncio.run(run())
     assert tokens == expected_tokens(params)[0]
     assert empty >= 2
+    replica.engine.shutdown()
+
+
+def test_a_request_resumed_here_while_its_old_stream_is_open_takes_over_cleanly():
+    """Issue 26.5: after a silence timeout the resumed request can reach this replica before
+    its old stream is torn down. Before, the engine rejected the id as already in use (a
+    400 to the client), and the old stream's clean-up, not finding its own entry, left the
+    old sequence running with no owner. Now the resume runs as a sequence of its own, the
+    old one is aborted, and either stream's clean-up touches only its own run."""
+    replica = ModelReplica(load_app_config(ARGS))
+    params = SamplingParams(max_tokens=24, temperature=0, ignore_eos=True)
+    want = expected_tokens(params)[0]
+
+    async def run():
+        old = replica.generate_batch([BatchRequest("r0", PROMPTS[0], params)])
+        so_far: list[int] = []
+        while len(so_far) < 3:  # the old stream has started; then its caller went quiet
+            for tagged in (await anext(old)).chunks:
+                so_far += tagged.chunk.token_ids if tagged.chunk else []
+        resumed = BatchRequest("r0", PROMPTS[0], params, output_ids=list(so_far))
+        tokens, finals = [], []
+        async for message in replica.generate_batch([resumed]):
+            for tagged in message.chunks:
+                tokens += tagged.chunk.token_ids if tagged.chunk else []
+                finals += [tagged] if tagged.final else []
+            if len(tokens) == 2:
+                await old.aclose()  # the old stream's clean-up, while the resume runs
+        return so_far, tokens, finals
+
+    so_far, tokens, finals = asyncio.run(run())
+    assert len(finals) == 1 and finals[0].error is None, finals
+    assert so_far + tokens == want
+    assert finals[0].chunk.num_output_tokens == 24
+    stats = replica.engine.stats()
+    assert (stats.num_running, stats.num_waiting, stats.num_used_kv_blocks) == (0, 0, 0)
+    assert replica.batches.num_live_requests == 0
     replica.engine.shutdown()
