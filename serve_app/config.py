@@ -157,7 +157,15 @@ class BatcherSettings(DeploymentSettings):
 
 
 class IngressSettings(DeploymentSettings):
-    """The HTTP/gRPC ingress deployment (CPU only: tokenization, detokenization, SSE)."""
+    """The HTTP/gRPC ingress deployment (CPU only: tokenization, detokenization, SSE).
+
+    Each ingress replica probes every model replica's health check in the background
+    (serve_app/ingress/replica_health.py); its /health and admission read the result.
+    """
+
+    replica_health_period_s: float = Field(2.0, gt=0)  # between probes of every replica
+    # A model replica whose health check has not answered in this long counts as unhealthy.
+    replica_health_timeout_s: float = Field(5.0, gt=0)
 
 
 class AdmissionSettings(_Section):
