@@ -66,7 +66,7 @@ class OpenAIIngress(GrpcMethods):
         self.replica_health.start()  # Serve runs __init__ on the replica's event loop
         self.streamer = AdmittedTokenStreamer(
             streamer or BatchingTokenStreamer(model_handle),
-            Admission(config),
+            Admission(config, serving_replicas=self.replica_health.num_healthy),
             config.limits.retry_after_s,
         )
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(config.model))
