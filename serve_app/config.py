@@ -164,17 +164,27 @@ class BatcherSettings(DeploymentSettings):
 
 
 class IngressSettings(DeploymentSettings):
-    """The HTTP/gRPC ingress deployment (CPU only: tokenization, detokenization, SSE)."""
+    """The HTTP/gRPC ingress deployment (CPU only: tokenization, detokenization, SSE).
+
+    Each ingress replica probes every model replica's health check in the background
+    (serve_app/ingress/replica_health.py); its /health and admission read the result.
+    """
+
+    replica_health_period_s: float = Field(2.0, gt=0)  # between probes of every replica
+    # A model replica whose health check has not answered in this long counts as unhealthy.
+    replica_health_timeout_s: float = Field(5.0, gt=0)
 
 
 class AdmissionSettings(_Section):
     """How many requests the app holds before it answers 429 + Retry-After.
 
-    The bound is what the model replicas can run at once (engine.max_num_seqs x replicas)
-    plus a queue: the requests the replicas are measured to finish within
-    `max_queue_wait_s` (requests finished per second x that wait), kept between
-    `min_queued_requests` and `max_queued_requests`. `max_requests` replaces the derived
-    bound outright (no measurement).
+    The bound is what the model replicas serving now can run at once
+    (engine.max_num_seqs x those replicas) plus a queue: the requests the replicas are
+    measured to finish within `max_queue_wait_s` (requests finished per second x that
+    wait), kept between `min_queued_requests` and `max_queued_requests`, both given for the
+    app at its `max_replicas` and scaled by the share of them serving
+    (serve_app/ingress/admission.py). `max_requests` replaces the derived bound outright
+    (no measurement).
     """
 
     max_queue_wait_s: float = Field(30.0, ge=0)
@@ -296,12 +306,14 @@ class AppConfig(_Section):
 
     @property
     def running_capacity(self) -> int:
-        """Requests the model replicas run at once, all replicas together (at most)."""
+        """Requests the model replicas run at once with all `max_replicas` up: the ceiling
+        (admission counts the replicas serving now: serve_app/ingress/admission.py)."""
         return self.engine.max_num_seqs * self.replica.max_replicas
 
     @property
     def admission_bound(self) -> int:
-        """The most requests the app ever holds, running and queued (whatever it measures)."""
+        """The most requests the app ever holds, running and queued (whatever it measures
+        and however many replicas serve): Serve's own limits are derived from it."""
         settings = self.admission
         if settings.max_requests is not None:
             return settings.max_requests

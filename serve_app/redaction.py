@@ -4,7 +4,8 @@ data is replaced by a bracketed tag, so a logged prompt stays readable but carri
 Rules, in order: the app's own API keys (exact strings), bearer tokens, API-key shaped
 strings (`sk-...`, `key-...`, long mixed letter-and-digit tokens), e-mail addresses, and
 runs of 8 or more digits, also inside a word (card, phone and account numbers, IBANs),
-spaces or dashes between them allowed.
+spaces or dashes between them allowed. A prompt given as token ids is logged as their count
+only (`without_token_ids`): ids decode straight back to the text these rules would mask.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 API_KEY_TAG = "[API_KEY]"
 EMAIL_TAG = "[EMAIL]"
@@ -44,3 +46,17 @@ class Redactor:
         for pattern, tag in _PATTERNS:
             text = pattern.sub(tag, text)
         return text
+
+
+def token_ids_tag(count: int) -> str:
+    return f"[{count} TOKEN IDS]"
+
+
+def without_token_ids(prompt: Any) -> Any:
+    """`prompt` (OpenAI's four forms, or chat messages) with each list of token ids replaced
+    by the tag of its count; text and messages stay, for `Redactor.redact`."""
+    if isinstance(prompt, list):
+        if prompt and all(isinstance(item, int) for item in prompt):
+            return token_ids_tag(len(prompt))
+        return [without_token_ids(item) for item in prompt]
+    return prompt

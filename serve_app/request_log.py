@@ -1,12 +1,15 @@
 """Request logs: one structured JSON line per finished request, and the RequestTrace the
 ingress fills in as the request runs (its metrics are recorded from the same trace).
 
-A line holds ids, route, model, status, error code, token counts, timings and the
-client's idempotency key when it sent one; never a header or an API key. Prompt and output
-text are left out unless `request_log.include_text` is on, and then pass through the
-Redactor (serve_app/redaction.py) first. Lines go to the ingress's stderr, or to
-`request_log.file` (a relative path: in Ray's log directory; `make run`'s configs put them
-there, so a terminal shows warnings and errors, not a line per request).
+A line holds ids, route, model, status, error code, token counts, timings and, when the
+client sent an idempotency key, a short salted digest of it (serve_app/log_digest.py: the
+attempts of one call share it; the key itself is never logged); never a header or an API
+key. Prompt and output text are left out unless `request_log.include_text` is on, and then
+pass through the Redactor (serve_app/redaction.py) first; a prompt given as token ids is
+logged as their count only (ids decode straight back to the text redaction would mask).
+Lines go to the ingress's stderr, or to `request_log.file` (a relative path: in Ray's log
+directory; `make run`'s configs put them there, so a terminal shows warnings and errors,
+not a line per request).
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from serve_app.config import RequestLogSettings
-from serve_app.redaction import Redactor
+from serve_app.log_digest import cluster_salt, digest
+from serve_app.redaction import Redactor, without_token_ids
 
 if TYPE_CHECKING:
     from serve_app.ingress.text_stream import TextDelta
@@ -40,7 +44,7 @@ class RequestTrace:
     route: str
     model: str
     request_id: str = ""  # Serve's X-Request-ID (also on the response)
-    idempotency_key: str | None = None
+    idempotency_key_digest: str | None = None  # never the key (serve_app/log_digest.py)
     keep_text: bool = False  # collect prompt and output text (only when they are logged)
     started_s: float = field(default_factory=time.perf_counter)
     started_at: float = field(default_factory=time.time)
@@ -59,8 +63,10 @@ class RequestTrace:
     _output_text: dict[int, list[str]] = field(default_factory=dict)
 
     def set_prompt(self, prompt: Any) -> None:
-        """The request's prompt (text, token ids, or chat messages), kept if text is logged."""
+        """The request's prompt (text, token ids, or chat messages), kept if text is logged;
+        token ids as their count only."""
         if self.keep_text:
+            prompt = without_token_ids(prompt)
             as_text = json.dumps(prompt, default=lambda model: model.model_dump(exclude_none=True))
             self.prompt_text = prompt if isinstance(prompt, str) else as_text
 
@@ -125,9 +131,15 @@ class RequestTrace:
 class RequestLog:
     """Writes one JSON line per finished request to the `serve_app.requests` logger."""
 
-    def __init__(self, settings: RequestLogSettings, secrets: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        settings: RequestLogSettings,
+        secrets: Iterable[str] = (),
+        salt: bytes | None = None,  # of the idempotency keys' digests; default: the cluster's
+    ) -> None:
         self.settings = settings
         self.redactor = Redactor.with_secrets(secrets)
+        self._salt = cluster_salt() if salt is None else salt
         # Its own logger (not from logging's registry): its handler is this log's alone,
         # and lines do not pass through the root logger's handlers a second time.
         self.logger = logging.Logger(LOGGER_NAME, logging.INFO)
@@ -141,11 +153,14 @@ class RequestLog:
 
     def trace(self, route: str, model: str, metadata: Mapping[str, str]) -> RequestTrace:
         """A trace starting now; `metadata`: the HTTP headers or gRPC invocation metadata."""
+        idempotency_key = metadata.get(IDEMPOTENCY_KEY_HEADER)
         return RequestTrace(
             route,
             model,
             request_id=serve_request_id(),
-            idempotency_key=metadata.get(IDEMPOTENCY_KEY_HEADER),
+            idempotency_key_digest=(
+                None if idempotency_key is None else digest(idempotency_key, self._salt)
+            ),
             keep_text=self.settings.enabled and self.settings.include_text,
         )
 
@@ -158,7 +173,7 @@ class RequestLog:
             "time": datetime.fromtimestamp(trace.started_at, UTC).isoformat(),
             "request_id": trace.request_id,
             "response_id": trace.response_id,
-            "idempotency_key": trace.idempotency_key,
+            "idempotency_key_digest": trace.idempotency_key_digest,
             "route": trace.route,
             "model": trace.model,
             "status": trace.status,

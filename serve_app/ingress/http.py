@@ -10,6 +10,7 @@ and run the same steps.
 """
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
@@ -17,6 +18,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
 from serve_app.config import AppConfig
+from serve_app.deployment_names import REPLICA_NAME
 from serve_app.engine.model_path import resolve_model_dir
 from serve_app.ingress import sse
 from serve_app.ingress.admission import Admission, AdmittedTokenStreamer
@@ -32,14 +34,14 @@ from serve_app.ingress.protocol import (
     new_id,
     now,
 )
+from serve_app.ingress.replica_health import ReplicaHealth
 from serve_app.ingress.responses import ChoiceResult, ResponseBuilder
+from serve_app.ingress.serve_replicas import ServeReplicas
 from serve_app.ingress.text_stream import TextDelta, generate_choice, merge
 from serve_app.ingress.token_source import BatchingTokenStreamer, TokenStreamer
 from serve_app.ingress.validation import check_model, parse_request
 from serve_app.metrics import IngressMetrics
 from serve_app.request_log import DISCONNECTED_CODE, DISCONNECTED_STATUS, RequestLog, RequestTrace
-
-HEALTH_TIMEOUT_S = 5.0  # a replica that cannot answer this fast is not serving
 
 api = FastAPI(title="serve-app OpenAI-compatible API")
 install_error_handlers(api)
@@ -54,30 +56,41 @@ class OpenAIIngress(GrpcMethods):
         self.limits = config.limits
         self.model_name = config.model_name
         self.app_name = serve.get_replica_context().app_name
+        # Every model replica's health, cached: what /health and admission read.
+        self._model_replicas = ServeReplicas(self.app_name, REPLICA_NAME)
+        self.replica_health = ReplicaHealth(
+            self._model_replicas.replicas,
+            config.ingress.replica_health_period_s,
+            config.ingress.replica_health_timeout_s,
+        )
+        self.replica_health.start()  # Serve runs __init__ on the replica's event loop
         self.streamer = AdmittedTokenStreamer(
             streamer or BatchingTokenStreamer.for_config(model_handle, config),
-            Admission(config),
+            Admission(config, serving_replicas=self.replica_health.num_healthy),
             config.limits.retry_after_s,
         )
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(config.model))
-        self._ready = model_handle.options(method_name="ready")  # batcher or replica
         self.api_keys = ApiKeys.from_settings(config.auth)
         self.metrics = IngressMetrics()
         self.request_log = RequestLog(config.request_log, secrets=self.api_keys.keys)
         self.created = now()
 
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # __init__ may have failed before setting them
+            self.replica_health.stop()
+            self._model_replicas.stop()
+
     @api.get("/health")
     async def health(self):
-        """200 only when a model replica answers that its engine can serve (not merely that
-        this ingress is up); 503 + Retry-After otherwise."""
-        try:
-            await asyncio.wait_for(self._ready.remote(), HEALTH_TIMEOUT_S)
-        except Exception as error:
-            reason = "timed out" if isinstance(error, TimeoutError) else repr(error)
+        """200 when at least one model replica's engine can serve (not merely when this
+        ingress is up), per the cached probes of every replica; 503 + Retry-After, naming
+        the state, otherwise. No remote call: load balancers may ask as often as they like."""
+        problem = self.replica_health.problem()
+        if problem is not None:
             return error_response(
                 APIError(
                     503,
-                    f"no model replica can serve: {reason}",
+                    f"no model replica can serve: {problem}",
                     code="unavailable",
                     headers={"Retry-After": str(self.limits.retry_after_s)},
                 )

@@ -105,6 +105,10 @@ def live_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
 
 
 SPARE_APP = "spare"
+# Its ingress probes the model replicas' health often, with a short timeout: the zombie
+# test sees a stopped replica in about 2 s instead of the default's 7.
+SPARE_HEALTH_PERIOD_S = 0.5
+SPARE_HEALTH_TIMEOUT_S = 1.5
 
 
 @pytest.fixture(scope="session")
@@ -126,7 +130,11 @@ def spare_app_url(live_app: LiveApp) -> Iterator[str]:
             "stream_interval_ms": 300,
             "stream_interval_tokens": 3,
         },
-        "ingress": {"num_cpus": 0.05},
+        "ingress": {
+            "num_cpus": 0.05,
+            "replica_health_period_s": SPARE_HEALTH_PERIOD_S,
+            "replica_health_timeout_s": SPARE_HEALTH_TIMEOUT_S,
+        },
         "batcher": {**live_app.args["batcher"], "num_cpus": 0.05},
     }
     serve.run(build_app(args), name=SPARE_APP, route_prefix="/" + SPARE_APP)

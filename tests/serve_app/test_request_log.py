@@ -13,7 +13,8 @@ import pytest
 
 from serve_app.config import RequestLogSettings
 from serve_app.ingress.text_stream import TextDelta
-from serve_app.redaction import API_KEY_TAG, DIGITS_TAG, EMAIL_TAG, Redactor
+from serve_app.log_digest import cluster_salt, digest
+from serve_app.redaction import API_KEY_TAG, DIGITS_TAG, EMAIL_TAG, Redactor, token_ids_tag
 from serve_app.request_log import DISCONNECTED_STATUS, RequestLog, RequestTrace
 
 CONFIGURED_KEY = "test-key-1"  # the session app's key (tests/serve_app/conftest.py)
@@ -80,7 +81,7 @@ def test_line_leaves_text_out_by_default_and_redacts_it_when_on():
         trace.on_delta(delta(0, 1, [1], "reply to jane.doe+llm@example.co.uk"))
         trace.finish(200)
         line = json.loads(log.line(trace))
-        assert line["idempotency_key"] == "retry-7"
+        assert "retry-7" not in json.dumps(line)  # the key: only its digest
         assert "header-key-5" not in json.dumps(line)  # headers are never logged
         if not include_text:
             assert "prompt" not in line and "output" not in line
@@ -88,6 +89,42 @@ def test_line_leaves_text_out_by_default_and_redacts_it_when_on():
         for secret in SECRETS:
             assert secret not in json.dumps(line)
         assert EMAIL_TAG in line["prompt"] and line["output"] == [f"reply to {EMAIL_TAG}"]
+
+
+def test_idempotency_key_is_logged_as_a_salted_digest_never_the_key():
+    def logged(key: str, salt: bytes) -> str:
+        log = RequestLog(RequestLogSettings(), salt=salt)
+        trace = log.trace("/v1/completions", "tiny", {"idempotency-key": key})
+        trace.finish(200)
+        text = log.line(trace)
+        assert key not in text and 'idempotency_key"' not in text
+        return json.loads(text)["idempotency_key_digest"]
+
+    first = logged("order-42", b"salt-a")
+    assert len(first) == 16 and int(first, 16) >= 0
+    assert logged("order-42", b"salt-a") == first  # a call's attempts: one digest
+    assert logged("order-43", b"salt-a") != first
+    assert logged("order-42", b"salt-b") != first  # a guess cannot be checked without it
+    no_key = RequestLog(RequestLogSettings(), salt=b"s").trace("/v1/completions", "tiny", {})
+    assert no_key.idempotency_key_digest is None
+
+
+def test_token_id_prompts_are_logged_as_their_count_not_the_ids():
+    """Token ids decode straight back to the text that redaction masks."""
+    ids = [19, 4111, 1111, 1111, 1111, 88]
+    log = RequestLog(RequestLogSettings(include_text=True, max_text_chars=4096), salt=b"s")
+    expected = {
+        "prompt": ids,
+        "batch": [ids, [5, 6]],
+        "mixed": ["card 4111 1111 1111 1111", ids],
+    }
+    for name, prompt in expected.items():
+        trace = log.trace("/v1/completions", "tiny", {})
+        trace.set_prompt(prompt)
+        logged = json.loads(log.line(trace))["prompt"]
+        assert "4111" not in logged and "19, 4111" not in logged, (name, logged)
+        assert token_ids_tag(len(ids)) in logged, (name, logged)
+    assert logged == json.dumps(["card " + DIGITS_TAG, token_ids_tag(6)])
 
 
 def test_text_is_cut_after_redaction():
@@ -132,7 +169,7 @@ async def slow_streams(url: str, headers: dict, count: int) -> list[int]:
 
 @pytest.mark.slow
 @pytest.mark.ray
-def test_live_lines_for_success_400_429_and_disconnect(live_app, small_app):
+def test_live_lines_for_success_400_429_and_disconnect(live_app, small_app, tokenizer):
     url, log_file = small_app.api_url, small_app.request_log
     headers = live_app.headers()
     before = len(http_lines(log_file))
@@ -143,6 +180,14 @@ def test_live_lines_for_success_400_429_and_disconnect(live_app, small_app):
         timeout=60,
     )
     assert ok.status_code == 200
+    planted_ids = tokenizer(PLANTED).input_ids  # decode straight back to the secrets
+    as_ids = httpx.post(
+        url + "/completions",
+        headers=headers,
+        json={"model": "tiny", "prompt": planted_ids, "max_tokens": 1},
+        timeout=60,
+    )
+    assert as_ids.status_code == 200
     bad = httpx.post(
         url + "/completions",
         headers=headers,
@@ -158,16 +203,21 @@ def test_live_lines_for_success_400_429_and_disconnect(live_app, small_app):
         client.stream("POST", url + "/completions", json={**body, "stream": True}) as stream,
     ):
         next(stream.iter_lines())  # the first event arrived; now the client leaves
-    lines = read_lines(log_file, before, 3 + len(statuses))
+    lines = read_lines(log_file, before, 4 + len(statuses))
+    [ids_line] = [line for line in lines if line["prompt"] == token_ids_tag(len(planted_ids))]
     by_status = {}
     for line in lines:
+        if line is ids_line:
+            continue
         by_status.setdefault(line["status"], line)
     for status in (200, 400, 429, DISCONNECTED_STATUS):
         print(json.dumps(by_status.get(status)))  # the evidence: one line of each
     success, invalid, shed = by_status[200], by_status[400], by_status[429]
     disconnected = by_status[DISCONNECTED_STATUS]
 
-    assert success["idempotency_key"] == "order-42" and success["error_code"] is None
+    # Not the key: its digest under the cluster's salt (this test's driver reads the same).
+    assert success["idempotency_key_digest"] == digest("order-42", cluster_salt())
+    assert success["error_code"] is None
     assert success["prompt_tokens"] > 0 and success["output_tokens"] == 4
     assert 0 < success["ttft_s"] <= success["e2e_s"] and success["request_id"]
     assert success["response_id"].startswith("cmpl-") and success["model"] == "tiny"
@@ -178,4 +228,5 @@ def test_live_lines_for_success_400_429_and_disconnect(live_app, small_app):
     text = log_file.read_text()
     for secret in SECRETS:  # the configured API key included: never logged
         assert secret not in text
+    assert "order-42" not in text and str(planted_ids[1:4])[1:-1] not in text
     assert EMAIL_TAG in success["prompt"] and DIGITS_TAG in success["prompt"]

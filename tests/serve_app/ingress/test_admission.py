@@ -5,14 +5,19 @@ request gets 429 + Retry-After at once, and a finished request frees its place."
 from __future__ import annotations
 
 import asyncio
+import math
+from pathlib import Path
 
 import pytest
+import yaml
 
 from serve_app.config import load_app_config
 from serve_app.engine.sampling_params import SamplingParams
 from serve_app.ingress.admission import RATE_WINDOW_S, Admission, AdmittedTokenStreamer
 from serve_app.ingress.errors import APIError
 from serve_app.messages import TokenChunk
+
+GPU_SPOT = Path(__file__).parents[3] / "deployments" / "gpu-spot.yaml"
 
 
 class Clock:
@@ -52,6 +57,29 @@ def test_each_ingress_replica_holds_its_share_and_a_fixed_bound_wins():
     assert admission(ingress={"num_replicas": 2}).bound() == 64 + 64
     assert admission(admission={"max_requests": 7}).bound() == 7
     assert admission(admission={"max_requests": 7}, ingress={"num_replicas": 2}).bound() == 4
+
+
+def test_the_bound_follows_the_replicas_serving_and_counts_at_least_one():
+    """deployments/gpu-spot.yaml: 64 sequences per replica, up to 12 replicas, 2 ingress
+    replicas. With 1 replica serving, an ingress holds its share of one replica's 64 plus
+    the queue floor scaled to 1/12 of the app, not the ~450 of all 12 replicas."""
+    args = yaml.safe_load(GPU_SPOT.read_text())["applications"][0]["args"]
+    serving = [1]
+    gate = Admission(load_app_config(args), Clock(), serving_replicas=lambda: serving[0])
+    assert gate.max_replicas == 12
+    assert gate.bound() == 64 // 2 + math.ceil(128 / 12 / 2)  # 32 + 6
+    for _ in range(gate.bound()):
+        assert gate.try_admit()
+    assert not gate.try_admit()  # the 429 fires
+    serving[0] = 6
+    assert gate.bound() == 64 * 6 // 2 + 128 * 6 // 12 // 2
+    assert gate.try_admit()  # more replicas: room again
+    serving[0] = 12
+    assert gate.bound() == 64 * 12 // 2 + 128 // 2  # the full app, as before
+    serving[0] = 0  # none known to serve (a cold start, an outage): one replica's worth
+    assert gate.bound() == 32 + 6
+    serving[0] = 15  # more than max_replicas (a rolling update): Serve's ceiling
+    assert gate.bound() == 64 * 12 // 2 + 128 // 2
 
 
 def test_bad_admission_settings_name_the_field():
