@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from serve_app.config import RequestLogSettings
-from serve_app.log_digest import cluster_salt, digest
+from serve_app.log_digest import digest
 from serve_app.redaction import Redactor, without_token_ids
 
 if TYPE_CHECKING:
@@ -135,11 +135,12 @@ class RequestLog:
         self,
         settings: RequestLogSettings,
         secrets: Iterable[str] = (),
-        salt: bytes | None = None,  # of the idempotency keys' digests; default: the cluster's
+        *,
+        salt: bytes,  # of the idempotency keys' digests (an ingress: `cluster_salt()`)
     ) -> None:
         self.settings = settings
         self.redactor = Redactor.with_secrets(secrets)
-        self._salt = cluster_salt() if salt is None else salt
+        self._salt = salt
         # Its own logger (not from logging's registry): its handler is this log's alone,
         # and lines do not pass through the root logger's handlers a second time.
         self.logger = logging.Logger(LOGGER_NAME, logging.INFO)

@@ -40,6 +40,7 @@ from serve_app.ingress.serve_replicas import ServeReplicas
 from serve_app.ingress.text_stream import TextDelta, generate_choice, merge
 from serve_app.ingress.token_source import BatchingTokenStreamer, TokenStreamer
 from serve_app.ingress.validation import check_model, parse_request
+from serve_app.log_digest import cluster_salt
 from serve_app.metrics import IngressMetrics
 from serve_app.request_log import DISCONNECTED_CODE, DISCONNECTED_STATUS, RequestLog, RequestTrace
 
@@ -72,7 +73,9 @@ class OpenAIIngress(GrpcMethods):
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir(config.model))
         self.api_keys = ApiKeys.from_settings(config.auth)
         self.metrics = IngressMetrics()
-        self.request_log = RequestLog(config.request_log, secrets=self.api_keys.keys)
+        self.request_log = RequestLog(
+            config.request_log, secrets=self.api_keys.keys, salt=cluster_salt()
+        )
         self.created = now()
 
     def __del__(self) -> None:

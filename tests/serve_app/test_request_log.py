@@ -71,6 +71,7 @@ def test_line_leaves_text_out_by_default_and_redacts_it_when_on():
         log = RequestLog(
             RequestLogSettings(include_text=include_text, max_text_chars=4096),
             secrets=[CONFIGURED_KEY],
+            salt=b"s",
         )
         trace = log.trace(
             "/v1/completions",
@@ -128,7 +129,7 @@ def test_token_id_prompts_are_logged_as_their_count_not_the_ids():
 
 
 def test_text_is_cut_after_redaction():
-    log = RequestLog(RequestLogSettings(include_text=True, max_text_chars=12))
+    log = RequestLog(RequestLogSettings(include_text=True, max_text_chars=12), salt=b"s")
     trace = log.trace("/v1/completions", "tiny", {})
     trace.set_prompt("mail a.very.long.address@example.com now")
     assert json.loads(log.line(trace))["prompt"] == "mail [EMAIL]"
@@ -215,8 +216,12 @@ def test_live_lines_for_success_400_429_and_disconnect(live_app, small_app, toke
     success, invalid, shed = by_status[200], by_status[400], by_status[429]
     disconnected = by_status[DISCONNECTED_STATUS]
 
-    # Not the key: its digest under the cluster's salt (this test's driver reads the same).
-    assert success["idempotency_key_digest"] == digest("order-42", cluster_salt())
+    # Not the key: its digest under the cluster's salt, read in a task on the session's
+    # cluster (this process's own internal-KV client may point at another test's cluster).
+    import ray
+
+    salt = ray.get(ray.remote(cluster_salt).remote())
+    assert success["idempotency_key_digest"] == digest("order-42", salt)
     assert success["error_code"] is None
     assert success["prompt_tokens"] > 0 and success["output_tokens"] == 4
     assert 0 < success["ttft_s"] <= success["e2e_s"] and success["request_id"]
