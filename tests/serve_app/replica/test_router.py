@@ -9,7 +9,7 @@ import asyncio
 import pickle
 from dataclasses import dataclass
 
-from ray.serve._private.common import DeploymentID, RequestMetadata
+from ray.serve._private.common import DeploymentHandleSource, DeploymentID, RequestMetadata
 from ray.serve.request_router import PendingRequest, ReplicaID
 
 from serve_app.draining_nodes import DrainingNodes
@@ -30,7 +30,11 @@ class Replica:
 
 
 def router_seeing(draining: dict[str, float]) -> DrainAwareRouter:
-    router = DrainAwareRouter.__new__(DrainAwareRouter)  # no Serve router machinery needed
+    # Built as Serve's router factory builds it: the constructor, then initialize_state.
+    router = DrainAwareRouter(
+        deployment_id=DeploymentID(name="ModelReplica", app_name="llm"),
+        handle_source=DeploymentHandleSource.REPLICA,  # the batcher's handle
+    )
     router.initialize_state()
     router._draining = DrainingNodes(refresh_s=3600, query=lambda: draining)
     return router
