@@ -8,7 +8,8 @@ per request. A request whose id arrives through `abort_requests` (from the repli
 AbortChannel) is aborted alone: the engine frees its KV blocks and the stream reports its
 end with an empty TaggedChunk. Closing the stream (the caller cancelled) aborts every
 request still running. A request the engine rejects ends with its error; the others go on.
-`hand_back` ends every request with an error the caller resumes elsewhere (a drain).
+`hand_back` ends every request with an error the caller resumes elsewhere (a drain), and
+every later batch too until `resume` (the drain was cancelled, or its deadline moved out).
 
 Each run of a request is its own sequence in the engine, with an attempt-scoped id
 (`<request id>#<n>`): a request resumed after a silence timeout can reach this very
@@ -79,17 +80,23 @@ class BatchRunner:
         self._on_cancelled = on_cancelled  # called with the number of requests left unfinished
         self._runs: dict[str, _Run] = {}  # the live run of each request of every batch, by id
         self._attempts = itertools.count(1)  # numbers each run's engine id
-        self._handed_back: BaseException | None = None  # set once the node drains
+        self._handed_back: BaseException | None = None  # set while the node drains
         self._heartbeat_s = heartbeat_s
         self._heartbeats: asyncio.Task | None = None
         self._beat = 0  # heartbeats so far
 
     def hand_back(self, error: BaseException) -> None:
-        """End every live request, and every later batch at once, with `error`: the node is
-        going away, and the caller resumes them elsewhere (serve_app/replica/drain.py)."""
+        """End every live request, and every later batch at once until `resume`, with
+        `error`: the node is going away, and the caller resumes them elsewhere
+        (serve_app/replica/drain.py)."""
         self._handed_back = error
         for run in list(self._runs.values()):
             self._end(run, error)
+
+    def resume(self) -> None:
+        """Take new batches again after `hand_back`: the node's drain was cancelled, or its
+        deadline moved past the hand-back moment (serve_app/replica/drain.py)."""
+        self._handed_back = None
 
     @property
     def num_live_requests(self) -> int:

@@ -57,6 +57,7 @@ class ModelReplica:
             ray.get_runtime_context().get_node_id() if ray.is_initialized() else "",
             config.replica.drain_handback_s,
             self.batches.hand_back,
+            self.batches.resume,
         )
         self._drain_task: asyncio.Task | None = None
         self.load = EngineLoadReporter()  # what the autoscaling policy reads (TTFT, KV, queue)

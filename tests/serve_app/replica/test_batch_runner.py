@@ -1,7 +1,7 @@
 """ModelReplica.generate_batch without Ray: a batch streams every request's greedy tokens,
 aborting one request of it frees that request alone, a request the engine rejects ends
-with its own error while the others complete, a drain hands every request back, and a
-request resumed here while its old stream is still open takes over from it."""
+with its own error while the others complete, a drain hands every request back until it
+ends, and a request resumed here while its old stream is still open takes over from it."""
 
 from __future__ import annotations
 
@@ -167,6 +167,17 @@ def test_handing_back_ends_every_running_request_and_every_later_batch_with_a_dr
     later, later_finals = asyncio.run(collect(replica, batch(params)))
     assert later == {f"r{i}": [] for i in range(3)}  # not started: back to the caller at once
     assert all(final.error is drained for final in later_finals.values())
+    replica.engine.shutdown()
+
+
+def test_after_a_cancelled_drain_later_batches_run_here_again():
+    replica = ModelReplica(load_app_config(ARGS))
+    params = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    replica.batches.hand_back(ReplicaDrainingError("node n1 is draining"))
+    replica.batches.resume()  # the drain was cancelled: the node stays
+    tokens, finals = asyncio.run(collect(replica, batch(params)))
+    assert [tokens[f"r{i}"] for i in range(3)] == expected_tokens(params)
+    assert all(final.error is None for final in finals.values())
     replica.engine.shutdown()
 
 
