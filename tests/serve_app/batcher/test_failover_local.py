@@ -11,21 +11,18 @@ import asyncio
 import random
 from collections.abc import Callable
 from contextlib import aclosing
-from dataclasses import dataclass
 
 import pytest
 from ray.exceptions import ActorDiedError
-from ray.serve._private.common import DeploymentID, RequestMetadata
+from ray.serve._private.common import RequestMetadata
 from ray.serve.exceptions import BackPressureError
-from ray.serve.request_router import PendingRequest, ReplicaID
+from ray.serve.request_router import PendingRequest
 
 from serve_app.batcher.failover import backoff_s, is_replica_failure
-from serve_app.draining_nodes import DrainingNodes
 from serve_app.engine.engine import LLMEngine, RequestError
 from serve_app.engine.errors import EngineDeadError
 from serve_app.engine.sampling_params import SamplingParams
 from serve_app.messages import BatchRequest
-from serve_app.replica.router import DrainAwareRouter
 from tests.serve_app.batcher.test_batcher_local import (
     ENGINE_ARGS,
     PROMPTS,
@@ -33,6 +30,7 @@ from tests.serve_app.batcher.test_batcher_local import (
     LocalHandle,
     _LocalResponses,
 )
+from tests.serve_app.replica.router_doubles import Replica, router_seeing
 
 FAST_FAILOVER = {"backoff_s": 0.01, "max_backoff_s": 0.05}
 
@@ -188,18 +186,6 @@ def test_a_rejected_request_is_never_retried(failover):
     local.replica.engine.shutdown()
 
 
-@dataclass(frozen=True)
-class Replica:
-    """What DrainAwareRouter reads of Serve's RunningReplica."""
-
-    name: str
-    node_id: str
-
-    @property
-    def replica_id(self) -> ReplicaID:
-        return ReplicaID(self.name, DeploymentID(name="ModelReplica", app_name="llm"))
-
-
 class RoutedReplicas:
     """A handle over several local replicas, routed as Serve routes the model replicas: the
     app's DrainAwareRouter offers candidates for the call (its RoutingHint among the call's
@@ -210,9 +196,7 @@ class RoutedReplicas:
         self.replicas = replicas
         self.queue_lengths = queue_lengths
         self.candidates = [Replica(name, f"node-{name}") for name in replicas]
-        self.router = DrainAwareRouter.__new__(DrainAwareRouter)  # no Serve machinery needed
-        self.router.initialize_state()
-        self.router._draining = DrainingNodes(refresh_s=3600, query=dict)
+        self.router = router_seeing(draining={})
         self.routed: list[str] = []
 
     def options(self, **_) -> RoutedReplicas:

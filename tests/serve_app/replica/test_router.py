@@ -7,37 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import pickle
-from dataclasses import dataclass
 
-from ray.serve._private.common import DeploymentHandleSource, DeploymentID, RequestMetadata
-from ray.serve.request_router import PendingRequest, ReplicaID
+from ray.serve._private.common import RequestMetadata
+from ray.serve.request_router import PendingRequest
 
-from serve_app.draining_nodes import DrainingNodes
-from serve_app.replica.router import DrainAwareRouter
 from serve_app.routing_hint import RoutingHint
-
-
-@dataclass(frozen=True)
-class Replica:
-    """What the router reads of Serve's RunningReplica."""
-
-    name: str
-    node_id: str
-
-    @property
-    def replica_id(self) -> ReplicaID:
-        return ReplicaID(self.name, DeploymentID(name="ModelReplica", app_name="llm"))
-
-
-def router_seeing(draining: dict[str, float]) -> DrainAwareRouter:
-    # Built as Serve's router factory builds it: the constructor, then initialize_state.
-    router = DrainAwareRouter(
-        deployment_id=DeploymentID(name="ModelReplica", app_name="llm"),
-        handle_source=DeploymentHandleSource.REPLICA,  # the batcher's handle
-    )
-    router.initialize_state()
-    router._draining = DrainingNodes(refresh_s=3600, query=lambda: draining)
-    return router
+from tests.serve_app.replica.router_doubles import Replica, router_seeing
 
 
 def pending(**kwargs) -> PendingRequest:
