@@ -81,7 +81,6 @@ class Batcher:
         self.metrics = BatcherMetrics()
         self.batch_size_counts: Counter[int] = Counter()
         self._replica = replica_handle.options(stream=True, method_name="generate_batch")
-        self._replica_ready = replica_handle.options(method_name="ready")
         self._failover = config.batcher.failover
         self._rng = random.Random()
         self.num_failovers = 0
@@ -145,10 +144,6 @@ class Batcher:
         finally:
             for request_id in open_ids:  # the ingress cancelled the stream
                 self._leave(request_id)
-
-    async def ready(self) -> bool:
-        """For the ingress's /health: a model replica's answer (its engine can serve)."""
-        return await self._replica_ready.remote()
 
     async def stats(self) -> dict:
         """Queue and batch counters, the policy's knobs and estimates (for tests, debugging)."""

@@ -87,11 +87,6 @@ class ModelReplica:
             "num_cancelled_streams": self.num_cancelled_streams,
         }
 
-    async def ready(self) -> bool:
-        """For the ingress's /health (through the batcher): True, or the engine's failure."""
-        self.engine.check_health()
-        return True
-
     async def record_autoscaling_stats(self) -> dict[str, float]:
         """Called by Serve: this replica's engine load, for serve_app/autoscaling.py's policy."""
         return self.load.report(self.engine.stats())
