@@ -118,19 +118,30 @@ def _show(resources: Resources) -> str:
     return json.dumps(shown or {"CPU": 0}).replace('"', "")
 
 
-def check_config_file(path: Path, cluster: ClusterResources) -> list[str]:
-    """The problems of every serve_app application in a Serve config file."""
-    serve_config = read_serve_config(path)
-    problems = []
+def serve_app_applications(
+    serve_config: dict,
+) -> list[tuple[str, dict, AppConfig | AppConfigError]]:
+    """Each serve_app application of a Serve config: its name, its entry in the config, and
+    its args loaded as an AppConfig (or the error saying why they cannot be)."""
+    applications = []
     for application in serve_config.get("applications", []):
         if application.get("import_path") != IMPORT_PATH:
             continue
-        name = application.get("name", "default")
-        problems += [f"{path} application {name!r} {p}" for p in override_problems(application)]
         try:
-            config = load_app_config(application.get("args"))
+            loaded: AppConfig | AppConfigError = load_app_config(application.get("args"))
         except AppConfigError as error:
-            problems.append(f"{path} application {name!r}: {error}")
+            loaded = error
+        applications.append((application.get("name", "default"), application, loaded))
+    return applications
+
+
+def check_config_file(path: Path, cluster: ClusterResources) -> list[str]:
+    """The problems of every serve_app application in a Serve config file."""
+    problems = []
+    for name, application, config in serve_app_applications(read_serve_config(path)):
+        problems += [f"{path} application {name!r} {p}" for p in override_problems(application)]
+        if isinstance(config, AppConfigError):
+            problems.append(f"{path} application {name!r}: {config}")
             continue
         problems += [f"{path} application {name!r}: {p}" for p in app_problems(config, cluster)]
     return problems
@@ -138,18 +149,14 @@ def check_config_file(path: Path, cluster: ClusterResources) -> list[str]:
 
 def auth_problems(path: Path) -> list[str]:
     """Each serve_app application's API keys as its serving processes will have them
-    (serve_app/auth_state.py): printed, with the exposure warning; the problems."""
+    (serve_app/auth_state.py): printed, with the exposure warning; the problems. An
+    application whose args do not load is left to check_config_file."""
     serve_config = read_serve_config(path)
-    applications = []
-    for application in serve_config.get("applications", []):
-        if application.get("import_path") != IMPORT_PATH:
-            continue
-        try:
-            config = load_app_config(application.get("args"))
-        except AppConfigError:
-            continue  # check_config_file reports it
-        env_vars = (application.get("runtime_env") or {}).get("env_vars") or {}
-        applications.append((application.get("name", "default"), config, env_vars))
+    applications = [
+        (name, config, (application.get("runtime_env") or {}).get("env_vars") or {})
+        for name, application, config in serve_app_applications(serve_config)
+        if isinstance(config, AppConfig)
+    ]
     return serving_auth_problems(path, serve_config, applications)
 
 
